@@ -1,0 +1,3 @@
+"""pacs-libre: the Python side of the distribution (CLI ``pacsctl``)."""
+
+__version__ = "0.1.0"

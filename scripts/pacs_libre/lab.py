@@ -1,0 +1,633 @@
+"""The local lab: real systemd hosts in podman containers on one machine.
+
+The lab is what ``make lab`` builds: one container per inventory host, booted
+with systemd as PID 1 from a Debian root filesystem that ``debootstrap`` made
+(no container registry is reachable), on a podman network of its own, with one
+apt cache shared by every host of the same Debian release. Ansible then reaches
+the hosts through the ``containers.podman.podman`` connection.
+
+Everything that podman needs on this machine (runc, ulimits within the hard
+limits) comes from the project's ``.config/containers/containers.conf``, named
+by ``CONTAINERS_CONF``; nothing is written to ``/etc/containers``.
+
+Every podman object the lab creates carries the label ``org.pacs-libre.lab``
+and a name of its own, so the lab only ever touches what it made.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pacs_libre.errors import UserError
+
+LABEL = "org.pacs-libre.lab"
+RECIPE_LABEL = "org.pacs-libre.recipe"
+IMAGE_REPO = "localhost/pacs-libre-lab"
+
+#: Debian major version -> codename. 13 is the default and primary target.
+DEBIAN_RELEASES: dict[str, str] = {"13": "trixie", "12": "bookworm"}
+DEFAULT_DEBIAN = "13"
+
+#: Packages in the base image: what systemd needs to boot, and what Ansible needs to
+#: manage a host (python3, python3-apt for the apt module, sudo for become).
+IMAGE_PACKAGES: tuple[str, ...] = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "python3",
+    "python3-apt",
+    "sudo",
+    "iproute2",
+    "ca-certificates",
+)
+
+#: Units that have no job in a container: masked in the image so the hosts boot to
+#: `running`, not `degraded`.
+IMAGE_MASKED_UNITS: tuple[str, ...] = (
+    "getty.target",
+    "console-getty.service",
+    "systemd-remount-fs.service",
+    "systemd-firstboot.service",
+    "sys-kernel-config.mount",
+    "sys-kernel-debug.mount",
+    "sys-kernel-tracing.mount",
+    "proc-sys-fs-binfmt_misc.automount",
+)
+
+#: Bump when the way the image is made changes in a way the recipe does not show.
+IMAGE_RECIPE_VERSION = 2
+
+#: The hosts share one apt package cache, and apt refuses to work while another
+#: apt holds its lock there (it cannot wait for it). In the lab image only,
+#: apt-get (first on PATH) takes its turn through flock on the shared mount.
+APT_GET_WRAPPER = """#!/bin/sh
+# pacs-libre lab image: the hosts share one apt cache; take turns using it.
+exec flock --wait 900 /var/cache/pacs-libre-apt/apt-get.lock /usr/bin/apt-get "$@"
+"""
+
+Runner = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def project_root() -> Path:
+    """The checkout that holds this package (``scripts/pacs_libre`` -> root)."""
+    env = os.environ.get("PACS_LIBRE_ROOT")
+    if env:
+        return Path(env).resolve()
+    return Path(__file__).resolve().parents[2]
+
+
+def cache_dir() -> Path:
+    """Where the lab keeps what outlives a checkout: root filesystems and apt caches.
+
+    Shared by every clone on the machine, so CI in a fresh clone reuses the apt
+    cache of earlier runs. ``PACS_LIBRE_CACHE`` overrides it.
+    """
+    env = os.environ.get("PACS_LIBRE_CACHE")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "pacs-libre"
+
+
+def tool(name: str) -> str:
+    """A command from the project's virtualenv when pacsctl runs from it, else from PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else name
+
+
+def podman_env() -> dict[str, str]:
+    """The environment for podman and Ansible: the project's containers.conf."""
+    env = dict(os.environ)
+    venv_bin = str(Path(sys.executable).parent)
+    if venv_bin not in env.get("PATH", "").split(os.pathsep):
+        env["PATH"] = os.pathsep.join([venv_bin, env.get("PATH", "")])
+    env.setdefault("ANSIBLE_CONFIG", str(project_root() / "ansible.cfg"))
+    if "CONTAINERS_CONF" not in env:
+        env["CONTAINERS_CONF"] = str(project_root() / ".config/containers/containers.conf")
+    return env
+
+
+def _run(
+    args: Sequence[str], *, check: bool = True, input_text: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    try:
+        proc = subprocess.run(
+            list(args),
+            capture_output=True,
+            text=True,
+            env=podman_env(),
+            input=input_text,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise UserError(
+            f"'{args[0]}' is not installed: run `make prereqs` (as root) or install it with apt"
+        ) from exc
+    if check and proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        last = detail[-1] if detail else f"exit status {proc.returncode}"
+        raise LabStepError(" ".join(args[:3]), last)
+    return proc
+
+
+class LabStepError(UserError):
+    """A podman or image step failed; the message says which and how to retry."""
+
+    def __init__(self, step: str, detail: str) -> None:
+        super().__init__(f"lab step '{step}' failed: {detail}")
+        self.step = step
+
+
+# --------------------------------------------------------------------------- image
+
+
+@dataclass(frozen=True)
+class ImageRecipe:
+    """Everything that decides the content of a base image; its hash names the build."""
+
+    debian: str
+    codename: str
+    packages: tuple[str, ...] = IMAGE_PACKAGES
+    masked_units: tuple[str, ...] = IMAGE_MASKED_UNITS
+    version: int = IMAGE_RECIPE_VERSION
+
+    @classmethod
+    def for_debian(cls, debian: str) -> ImageRecipe:
+        if debian not in DEBIAN_RELEASES:
+            known = ", ".join(sorted(DEBIAN_RELEASES))
+            raise UserError(f"unknown Debian version '{debian}': use one of {known}")
+        return cls(debian=debian, codename=DEBIAN_RELEASES[debian])
+
+    @property
+    def digest(self) -> str:
+        blob = json.dumps(
+            {
+                "codename": self.codename,
+                "packages": sorted(self.packages),
+                "masked": sorted(self.masked_units),
+                "version": self.version,
+                "apt_get_wrapper": APT_GET_WRAPPER,
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def image(self) -> str:
+        """The image name that the lab and Molecule use."""
+        return f"{IMAGE_REPO}:debian{self.debian}"
+
+
+def image_recipe_of(image: str) -> str | None:
+    """The recipe digest that an existing image was built from, or None if absent."""
+    proc = _run(["podman", "image", "inspect", image], check=False)
+    if proc.returncode != 0:
+        return None
+    data = json.loads(proc.stdout or "[]")
+    if not data:
+        return None
+    labels = (data[0].get("Config") or {}).get("Labels") or {}
+    value = labels.get(RECIPE_LABEL)
+    return str(value) if value else None
+
+
+def build_image(
+    recipe: ImageRecipe,
+    *,
+    force: bool = False,
+    progress: Callable[[str], None] = lambda _line: None,
+) -> bool:
+    """Build the base image unless one from the same recipe exists. True if built.
+
+    Two builds of the same release (a lab and a test run) wait for each other.
+    """
+    if not force and image_recipe_of(recipe.image) == recipe.digest:
+        return False
+    with _exclusive(cache_dir() / "locks" / f"image-{recipe.codename}.lock"):
+        if not force and image_recipe_of(recipe.image) == recipe.digest:
+            return False
+        _build_image(recipe, progress)
+    return True
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build_image(recipe: ImageRecipe, progress: Callable[[str], None]) -> None:
+    if shutil.which("debootstrap") is None:
+        raise UserError(
+            "debootstrap is not installed: run `make prereqs` as root "
+            "(or `apt-get install debootstrap`)"
+        )
+    root = cache_dir()
+    debs = root / "debootstrap-debs" / recipe.codename
+    debs.mkdir(parents=True, exist_ok=True)
+    work = root / "rootfs"
+    work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"{recipe.codename}-", dir=work) as tmp:
+        target = Path(tmp) / "root"
+        progress(f"debootstrap {recipe.codename} (about a minute)")
+        _stream(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                f"--include={','.join(recipe.packages)}",
+                f"--cache-dir={debs}",
+                recipe.codename,
+                str(target),
+            ],
+            step=f"debootstrap {recipe.codename}",
+            progress=progress,
+        )
+        progress("preparing the root filesystem for systemd in a container")
+        _prepare_rootfs(target, recipe)
+        progress(f"importing {recipe.image}")
+        tar = subprocess.Popen(
+            ["tar", "--numeric-owner", "--xattrs", "-C", str(target), "-c", "."],
+            stdout=subprocess.PIPE,
+        )
+        try:
+            imported = subprocess.run(
+                [
+                    "podman",
+                    "import",
+                    "--change",
+                    'CMD ["/sbin/init"]',
+                    "--change",
+                    "STOPSIGNAL SIGRTMIN+3",
+                    "--change",
+                    f"LABEL {RECIPE_LABEL}={recipe.digest}",
+                    "--change",
+                    f"LABEL {LABEL}=image",
+                    "-",
+                    recipe.image,
+                ],
+                stdin=tar.stdout,
+                capture_output=True,
+                text=True,
+                env=podman_env(),
+                check=False,
+            )
+        finally:
+            if tar.stdout:
+                tar.stdout.close()
+            tar.wait()
+        if tar.returncode != 0 or imported.returncode != 0:
+            raise LabStepError("podman import", imported.stderr.strip() or "tar failed")
+    _run(["podman", "image", "prune", "--force", "--filter", f"label={LABEL}=image"], check=False)
+
+
+def _prepare_rootfs(target: Path, recipe: ImageRecipe) -> None:
+    """Make the debootstrap tree boot cleanly as a container and stay small."""
+    # systemd generates a machine id at first boot when the file is empty.
+    (target / "etc/machine-id").write_text("")
+    (target / "etc/hostname").unlink(missing_ok=True)
+    for unit in recipe.masked_units:
+        link = target / "etc/systemd/system" / unit
+        link.unlink(missing_ok=True)
+        link.symlink_to("/dev/null")
+    # The hosts mount one apt cache shared by all (see apt_cache_mount); the
+    # image ships none, and keeps every downloaded package there for the next host.
+    for sub in ("var/cache/apt/archives", "var/lib/apt/lists"):
+        for entry in (target / sub).glob("*"):
+            if entry.is_file():
+                entry.unlink()
+    shared = f"{APT_CACHE_MOUNT}/{recipe.codename}"
+    (target / "etc/apt/apt.conf.d/00pacs-libre-lab-cache").write_text(
+        "// pacs-libre lab: one package cache and list store for all hosts of this release.\n"
+        f'Dir::Cache::archives "{shared}/archives/";\n'
+        f'Dir::State::lists "{shared}/lists/";\n'
+        'Binary::apt::APT::Keep-Downloaded-Packages "true";\n'
+        'APT::Keep-Downloaded-Packages "true";\n'
+    )
+    wrapper = target / "usr/local/bin/apt-get"
+    wrapper.write_text(APT_GET_WRAPPER)
+    wrapper.chmod(0o755)
+    (target / "etc/tmpfiles.d/pacs-libre-lab-apt.conf").write_text(
+        f"d {shared}/archives/partial 0700 _apt root -\nd {shared}/lists/partial 0700 _apt root -\n"
+    )
+    (target / "etc/pacs-libre-lab-recipe").write_text(
+        f"debian={recipe.debian} codename={recipe.codename} recipe={recipe.digest}\n"
+    )
+
+
+def _stream(args: Sequence[str], *, step: str, progress: Callable[[str], None]) -> None:
+    """Run a long command, passing each output line to ``progress``; keep the tail."""
+    tail: list[str] = []
+    with subprocess.Popen(
+        list(args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=podman_env(),
+    ) as proc:
+        for raw in proc.stdout or ():
+            line = raw.rstrip()
+            if line:
+                tail = [*tail[-19:], line]
+                progress(line)
+    if proc.returncode != 0:
+        errors = [line for line in tail if line.startswith(("E:", "ERROR", "Error"))]
+        raise LabStepError(
+            step, " | ".join(errors[-2:] or tail[-3:]) or f"exit status {proc.returncode}"
+        )
+
+
+# ----------------------------------------------------------------------- inventory
+
+
+@dataclass
+class LabHost:
+    """One lab host, as the inventory describes it."""
+
+    name: str
+    container: str
+    debian: str = DEFAULT_DEBIAN
+    #: (host_port, container_port, protocol) published on 127.0.0.1 only.
+    ports: list[tuple[int, int, str]] = field(default_factory=list)
+    endpoints: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Lab:
+    """The lab described by an inventory: its hosts, network and names."""
+
+    inventory: Path
+    name: str
+    network: str
+    hosts: list[LabHost]
+
+    @property
+    def volume_prefix(self) -> str:
+        return f"{self.name}-"
+
+    def host_volume(self, host: LabHost) -> str:
+        return f"{host.container}-srv"
+
+
+def load_lab(inventory: Path) -> Lab:
+    """Read the lab's hosts and settings with ``ansible-inventory``.
+
+    The inventory's ``lab_*`` variables say how each host is built:
+    ``lab_name`` (the prefix of every podman object), ``lab_network``,
+    ``lab_debian`` (13 or 12), ``lab_ports`` (published on 127.0.0.1) and
+    ``lab_endpoints`` (what ``lab status`` shows).
+    """
+    if not inventory.exists():
+        raise UserError(f"inventory '{inventory}' does not exist: pass --inventory inventories/lab")
+    proc = _run(
+        [tool("ansible-inventory"), "-i", str(inventory), "--list", "--export"],
+        check=False,
+    )
+    if proc.returncode != 0:
+        detail = proc.stderr.strip().splitlines() or ["ansible-inventory failed"]
+        raise UserError(f"cannot read inventory '{inventory}': {detail[-1]}")
+    data = json.loads(proc.stdout)
+    hostvars: dict[str, dict[str, Any]] = data.get("_meta", {}).get("hostvars", {})
+    group_vars: dict[str, Any] = data.get("all", {}).get("vars", {})
+    names = sorted(_hosts_of(data, "all"))
+    if not names:
+        raise UserError(f"inventory '{inventory}' declares no hosts")
+    lab_name = str(group_vars.get("lab_name", "pacs-lab"))
+    hosts: list[LabHost] = []
+    for host in names:
+        hv = {**group_vars, **hostvars.get(host, {})}
+        ports = []
+        for index, entry in enumerate(hv.get("lab_ports", []) or []):
+            try:
+                ports.append(
+                    (int(entry["host"]), int(entry["container"]), str(entry.get("proto", "tcp")))
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                raise UserError(
+                    f"{inventory}: host '{host}', key lab_ports[{index}]: expected "
+                    "{host: PORT, container: PORT, proto: tcp|udp}"
+                ) from exc
+        hosts.append(
+            LabHost(
+                name=host,
+                container=f"{lab_name}-{host}",
+                debian=str(hv.get("lab_debian", DEFAULT_DEBIAN)),
+                ports=ports,
+                endpoints=dict(hv.get("lab_endpoints", {}) or {}),
+            )
+        )
+    return Lab(
+        inventory=inventory,
+        name=lab_name,
+        network=str(group_vars.get("lab_network", lab_name)),
+        hosts=hosts,
+    )
+
+
+def _hosts_of(data: dict[str, Any], group: str, seen: set[str] | None = None) -> set[str]:
+    seen = seen if seen is not None else set()
+    if group in seen:
+        return set()
+    seen.add(group)
+    entry = data.get(group, {})
+    hosts = set(entry.get("hosts", []))
+    for child in entry.get("children", []):
+        hosts |= _hosts_of(data, child, seen)
+    return hosts
+
+
+# --------------------------------------------------------------------- containers
+
+
+APT_CACHE_MOUNT = "/var/cache/pacs-libre-apt"
+
+
+def apt_cache_mount() -> str:
+    """The bind mount of the apt cache shared by every lab and test host.
+
+    The image points apt at ``/var/cache/pacs-libre-apt/<codename>/`` for both
+    package files and lists: lists are per release because ``apt-get update``
+    deletes the list files that its own sources do not name.
+    """
+    base = cache_dir() / "apt"
+    for codename in DEBIAN_RELEASES.values():
+        for sub in ("archives", "lists"):
+            (base / codename / sub / "partial").mkdir(parents=True, exist_ok=True)
+    return f"{base}:{APT_CACHE_MOUNT}"
+
+
+def container_state(name: str) -> dict[str, Any] | None:
+    proc = _run(["podman", "container", "inspect", name], check=False)
+    if proc.returncode != 0:
+        return None
+    data = json.loads(proc.stdout or "[]")
+    return data[0] if data else None
+
+
+def ensure_network(lab: Lab) -> bool:
+    """Create the lab's network unless it exists. True if created."""
+    if _run(["podman", "network", "exists", lab.network], check=False).returncode == 0:
+        return False
+    _run(["podman", "network", "create", "--label", f"{LABEL}={lab.name}", lab.network])
+    return True
+
+
+def ensure_host(lab: Lab, host: LabHost) -> str:
+    """Start a host's container, reusing what exists. Returns what was done."""
+    recipe = ImageRecipe.for_debian(host.debian)
+    state = container_state(host.container)
+    if state is not None:
+        status = str(state.get("State", {}).get("Status", ""))
+        if status == "running":
+            return "reused (running)"
+        if status in {"exited", "stopped", "created", "configured"}:
+            start = _run(["podman", "start", host.container], check=False)
+            if start.returncode == 0:
+                return f"restarted (was {status})"
+        # A leftover that cannot start (killed mid-creation, network gone):
+        # its data lives in the volume, so replacing the container loses nothing.
+        _run(["podman", "rm", "--force", host.container])
+    volume = lab.host_volume(host)
+    if _run(["podman", "volume", "exists", volume], check=False).returncode != 0:
+        _run(["podman", "volume", "create", "--label", f"{LABEL}={lab.name}", volume])
+    args = [
+        "podman",
+        "run",
+        "--detach",
+        "--name",
+        host.container,
+        "--hostname",
+        host.name,
+        "--label",
+        f"{LABEL}={lab.name}",
+        "--network",
+        lab.network,
+        "--network-alias",
+        host.name,
+        "--systemd=always",
+        # nftables (the base role's firewall) and chrony in a container.
+        "--cap-add",
+        "NET_ADMIN",
+        "--volume",
+        f"{volume}:/srv",
+    ]
+    args += ["--volume", apt_cache_mount()]
+    for host_port, container_port, proto in host.ports:
+        args += ["--publish", f"127.0.0.1:{host_port}:{container_port}/{proto}"]
+    args += [recipe.image, "/sbin/init"]
+    _run(args)
+    return "created"
+
+
+def wait_booted(host: LabHost, timeout: float = 90.0) -> str:
+    """Wait until systemd in the host has finished booting; return its state."""
+    deadline = time.monotonic() + timeout
+    state = "unknown"
+    while time.monotonic() < deadline:
+        proc = _run(
+            ["podman", "exec", host.container, "systemctl", "is-system-running"], check=False
+        )
+        state = proc.stdout.strip() or "starting"
+        if state in {"running", "degraded"}:
+            return state
+        time.sleep(1)
+    raise LabStepError(
+        f"boot {host.name}",
+        f"systemd is still '{state}' after {timeout:.0f}s; "
+        f"look with `pacsctl lab shell {host.name}` then `systemctl --failed`",
+    )
+
+
+def lab_containers(lab_name: str) -> list[dict[str, Any]]:
+    proc = _run(
+        [
+            "podman",
+            "ps",
+            "--all",
+            "--filter",
+            f"label={LABEL}={lab_name}",
+            "--format",
+            "json",
+        ],
+        check=False,
+    )
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return []
+    data = json.loads(proc.stdout)
+    return list(data) if isinstance(data, list) else []
+
+
+def down(lab: Lab, *, purge: bool = False) -> list[str]:
+    """Remove the lab's hosts (and with purge, their volumes and network)."""
+    done = []
+    for entry in lab_containers(lab.name):
+        name = (entry.get("Names") or ["?"])[0]
+        _run(["podman", "rm", "--force", "--time", "20", name])
+        done.append(f"removed host {name}")
+    if purge:
+        proc = _run(
+            ["podman", "volume", "ls", "--filter", f"label={LABEL}={lab.name}", "--format", "json"],
+            check=False,
+        )
+        for volume in json.loads(proc.stdout or "[]") if proc.returncode == 0 else []:
+            _run(["podman", "volume", "rm", "--force", volume["Name"]])
+            done.append(f"removed volume {volume['Name']}")
+        if _run(["podman", "network", "exists", lab.network], check=False).returncode == 0:
+            _run(["podman", "network", "rm", "--force", lab.network])
+            done.append(f"removed network {lab.network}")
+    return done
+
+
+def status(lab: Lab) -> dict[str, Any]:
+    """The hosts, their state and the service endpoints, as plain data."""
+    found = {(e.get("Names") or [""])[0]: e for e in lab_containers(lab.name)}
+    hosts = []
+    endpoints: dict[str, Any] = {}
+    for host in lab.hosts:
+        entry = found.get(host.container)
+        state = str(entry.get("State", "unknown")) if entry else "absent"
+        hosts.append(
+            {
+                "name": host.name,
+                "container": host.container,
+                "state": state,
+                "debian": host.debian,
+                "image": str(entry.get("Image", "")) if entry else "",
+                "ports": [
+                    {"host": f"127.0.0.1:{hp}", "container": cp, "proto": proto}
+                    for hp, cp, proto in host.ports
+                ],
+            }
+        )
+        for key, value in host.endpoints.items():
+            endpoints[key] = value
+    return {
+        "lab": lab.name,
+        "inventory": str(lab.inventory),
+        "network": lab.network,
+        "hosts": hosts,
+        "endpoints": endpoints,
+    }
+
+
+@contextmanager
+def timed() -> Iterator[Callable[[], float]]:
+    start = time.monotonic()
+    yield lambda: time.monotonic() - start

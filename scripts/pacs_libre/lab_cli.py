@@ -1,0 +1,181 @@
+"""``pacsctl lab``: build, start, inspect and remove the local lab."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pacs_libre import lab
+from pacs_libre.errors import UserError
+
+app = typer.Typer(
+    help="The local lab: real systemd hosts in podman containers.",
+    no_args_is_help=True,
+)
+console = Console(stderr=True)
+out = Console()
+
+DEFAULT_INVENTORY = Path("inventories/lab")
+
+
+def _inventory(path: Path) -> Path:
+    """Resolve an inventory path from the current folder, else from the project root."""
+    if path.exists():
+        return path
+    candidate = lab.project_root() / path
+    return candidate if candidate.exists() else path
+
+
+def _retry_hint(step: str, command: str) -> str:
+    return f"{step} failed. Fix the cause above, then retry with `{command}`."
+
+
+@app.command("image")
+def image_cmd(
+    debian: str = typer.Option(
+        lab.DEFAULT_DEBIAN, "--debian", help="Debian major version: 13 (trixie) or 12 (bookworm)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if the recipe is unchanged."),
+) -> None:
+    """Build the systemd base image from a debootstrap root filesystem (cached by recipe)."""
+    recipe = lab.ImageRecipe.for_debian(debian)
+    _build(recipe, force=force)
+
+
+def _build(recipe: lab.ImageRecipe, *, force: bool = False) -> None:
+    with console.status(f"[bold]building {recipe.image}[/]") as spinner:
+
+        def progress(line: str) -> None:
+            spinner.update(f"[bold]{recipe.image}[/]: {line[:100]}")
+
+        try:
+            built = lab.build_image(recipe, force=force, progress=progress)
+        except lab.LabStepError as exc:
+            retry = f"pacsctl lab image --debian {recipe.debian}"
+            raise UserError(f"{exc} — {_retry_hint('the image build', retry)}") from exc
+    if built:
+        console.print(f"[green]built[/] {recipe.image} (recipe {recipe.digest})")
+    else:
+        console.print(f"[green]up to date[/] {recipe.image} (recipe {recipe.digest})")
+
+
+@app.command("up")
+def up_cmd(
+    inventory: Path = typer.Option(DEFAULT_INVENTORY, "--inventory", "-i", help="Lab inventory."),
+    converge: bool = typer.Option(
+        True, "--converge/--no-converge", help="Run the playbook on the hosts."
+    ),
+    playbook: Path = typer.Option(
+        Path("playbooks/site.yml"), "--playbook", help="Playbook to converge the lab with."
+    ),
+) -> None:
+    """Create one systemd host per inventory host, then run playbooks/site.yml."""
+    inv = _inventory(inventory)
+    the_lab = lab.load_lab(inv)
+    for debian in sorted({h.debian for h in the_lab.hosts}):
+        _build(lab.ImageRecipe.for_debian(debian))
+    retry = f"pacsctl lab up --inventory {inventory}"
+    try:
+        with console.status("[bold]starting lab hosts[/]") as spinner:
+            if lab.ensure_network(the_lab):
+                console.print(f"[green]created[/] network {the_lab.network}")
+            for host in the_lab.hosts:
+                spinner.update(f"[bold]host {host.name}[/]: starting")
+                what = lab.ensure_host(the_lab, host)
+                spinner.update(f"[bold]host {host.name}[/]: waiting for systemd")
+                state = lab.wait_booted(host)
+                console.print(f"[green]{host.name}[/] ({host.container}): {what}, systemd {state}")
+    except lab.LabStepError as exc:
+        raise UserError(f"{exc} — {_retry_hint('starting the lab', retry)}") from exc
+    if converge:
+        _converge(inv, _inventory(playbook), retry)
+
+
+def _converge(inventory: Path, playbook: Path, retry: str) -> None:
+    root = lab.project_root()
+    cmd = [
+        lab.tool("ansible-playbook"),
+        "-i",
+        str(inventory.resolve()),
+        str(playbook.resolve()),
+    ]
+    console.print(f"[bold]converging:[/] {' '.join(cmd)}")
+    proc = subprocess.run(cmd, env=lab.podman_env(), cwd=root, check=False)
+    if proc.returncode != 0:
+        raise UserError(
+            f"{playbook} failed on the lab (exit {proc.returncode}): "
+            f"the failed task is shown above — {_retry_hint('the converge', retry)}"
+        )
+
+
+@app.command("down")
+def down_cmd(
+    inventory: Path = typer.Option(DEFAULT_INVENTORY, "--inventory", "-i", help="Lab inventory."),
+    purge: bool = typer.Option(
+        False, "--purge", help="Also remove the hosts' volumes (their data) and the network."
+    ),
+) -> None:
+    """Remove the lab's hosts; --purge also removes their volumes."""
+    the_lab = lab.load_lab(_inventory(inventory))
+    done = lab.down(the_lab, purge=purge)
+    for line in done or ["nothing to remove"]:
+        console.print(line)
+
+
+@app.command("shell")
+def shell_cmd(
+    host: str = typer.Argument(..., help="Inventory host name."),
+    inventory: Path = typer.Option(DEFAULT_INVENTORY, "--inventory", "-i", help="Lab inventory."),
+) -> None:
+    """Open a login shell on a lab host."""
+    the_lab = lab.load_lab(_inventory(inventory))
+    match = [h for h in the_lab.hosts if h.name == host]
+    if not match:
+        names = ", ".join(h.name for h in the_lab.hosts)
+        raise UserError(f"no host '{host}' in {inventory}: the lab has {names}")
+    env = lab.podman_env()
+    # Replace pacsctl by the interactive shell; the arguments are a fixed list.
+    os.execvpe("podman", ["podman", "exec", "-it", match[0].container, "bash", "-l"], env)  # noqa: S606
+
+
+@app.command("status")
+def status_cmd(
+    inventory: Path = typer.Option(DEFAULT_INVENTORY, "--inventory", "-i", help="Lab inventory."),
+    fmt: str = typer.Option("table", "--format", help="table or json."),
+) -> None:
+    """Show the hosts, their state and the service endpoints."""
+    if fmt not in {"table", "json"}:
+        raise UserError(f"--format '{fmt}' is not supported: use table or json")
+    data = lab.status(lab.load_lab(_inventory(inventory)))
+    if fmt == "json":
+        typer.echo(json.dumps(data, indent=2))
+        return
+    table = Table(title=f"lab '{data['lab']}' on network {data['network']}")
+    for column in ("host", "container", "state", "debian", "published"):
+        table.add_column(column)
+    for host in data["hosts"]:
+        published = ", ".join(f"{p['host']}->{p['container']}/{p['proto']}" for p in host["ports"])
+        colour = "green" if host["state"] == "running" else "red"
+        table.add_row(
+            host["name"],
+            host["container"],
+            f"[{colour}]{host['state']}[/]",
+            host["debian"],
+            published or "-",
+        )
+    out.print(table)
+    if data["endpoints"]:
+        ends = Table(title="endpoints")
+        ends.add_column("service")
+        ends.add_column("where")
+        for key, value in data["endpoints"].items():
+            ends.add_row(key, json.dumps(value) if not isinstance(value, str) else value)
+        out.print(ends)
+    else:
+        out.print("endpoints: none yet (services add them as their roles land)")

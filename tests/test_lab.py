@@ -1,0 +1,105 @@
+"""The lab's plain logic: image recipes, inventory reading, CLI errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pacs_libre import lab
+from pacs_libre.cli import main
+from pacs_libre.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+PACSCTL = str(Path(sys.executable).parent / "pacsctl")
+
+
+def test_recipe_digest_is_stable_and_follows_the_recipe():
+    first = lab.ImageRecipe.for_debian("13")
+    assert first.digest == lab.ImageRecipe.for_debian("13").digest
+    assert first.codename == "trixie"
+    assert first.image == "localhost/pacs-libre-lab:debian13"
+    more = lab.ImageRecipe(debian="13", codename="trixie", packages=(*first.packages, "vim"))
+    assert more.digest != first.digest
+    assert lab.ImageRecipe.for_debian("12").digest != first.digest
+
+
+def test_unknown_debian_is_refused_with_the_choices():
+    with pytest.raises(UserError, match="use one of 12, 13"):
+        lab.ImageRecipe.for_debian("11")
+
+
+def test_lab_inventory_describes_one_host_per_container():
+    the_lab = lab.load_lab(ROOT / "inventories/lab")
+    assert the_lab.name == "pacs-lab"
+    assert the_lab.network == "pacs-lab"
+    names = [h.name for h in the_lab.hosts]
+    assert "pacs1" in names
+    host = the_lab.hosts[names.index("pacs1")]
+    assert host.container == "pacs-lab-pacs1"
+    assert host.debian == "13"
+    # Published ports are on 127.0.0.1 only: the model has no other address.
+    assert all(isinstance(p[0], int) for p in host.ports)
+
+
+def _inventory(tmp_path: Path, body: str) -> Path:
+    inv = tmp_path / "inv"
+    inv.mkdir()
+    (inv / "hosts.yml").write_text(body)
+    return inv
+
+
+def test_bad_published_port_names_the_file_host_and_key(tmp_path):
+    inv = _inventory(
+        tmp_path,
+        "all:\n  hosts:\n    h1:\n      lab_ports:\n        - {host: web}\n",
+    )
+    with pytest.raises(UserError) as err:
+        lab.load_lab(inv)
+    message = str(err.value)
+    assert "h1" in message
+    assert "lab_ports[0]" in message
+    assert str(inv) in message
+
+
+def test_empty_inventory_is_refused(tmp_path):
+    inv = _inventory(tmp_path, "all:\n  hosts: {}\n")
+    with pytest.raises(UserError, match="declares no hosts"):
+        lab.load_lab(inv)
+
+
+def test_missing_inventory_is_refused_with_the_fix(tmp_path):
+    with pytest.raises(UserError, match="--inventory"):
+        lab.load_lab(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["lab", "status", "--format", "xml"],
+        ["lab", "image", "--debian", "11"],
+        ["lab", "status", "--inventory", "/nonexistent"],
+        ["lab", "nosuchcommand"],
+    ],
+)
+def test_bad_cli_input_exits_2_with_one_line(argv):
+    proc = subprocess.run([PACSCTL, *argv], capture_output=True, text=True, check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("pacsctl: error:")
+    assert "Traceback" not in proc.stderr
+
+
+def test_version():
+    assert main(["--version"]) == 0
+
+
+def test_containers_conf_sets_runc_and_ulimits_within_hard_limits():
+    conf = (ROOT / ".config/containers/containers.conf").read_text()
+    assert 'runtime = "runc"' in conf
+    assert "nofile=1024:4096" in conf
+    env = lab.podman_env()
+    assert env["CONTAINERS_CONF"].endswith(".config/containers/containers.conf")
