@@ -16,6 +16,7 @@ from pacs_libre import __version__
 from pacs_libre.docs_cli import app as docs_app
 from pacs_libre.errors import UserError
 from pacs_libre.lab_cli import app as lab_app
+from pacs_libre.size_cli import size_cmd
 
 app = typer.Typer(
     name="pacsctl",
@@ -26,6 +27,7 @@ app = typer.Typer(
 )
 app.add_typer(lab_app, name="lab")
 app.add_typer(docs_app, name="docs")
+app.command("size")(size_cmd)
 
 
 @app.callback(invoke_without_command=True)
