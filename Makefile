@@ -21,8 +21,6 @@ export PACS_LIBRE_CACHE ?= $(HOME)/.cache/pacs-libre
 export CONTAINERS_CONF := $(ROOT)/.config/containers/containers.conf
 export ANSIBLE_CONFIG := $(ROOT)/ansible.cfg
 export PATH := $(BIN):$(PATH)
-export PY_COLORS := 1
-export ANSIBLE_FORCE_COLOR := 1
 
 # Every Molecule scenario: one per role, then the whole-stack ones.
 ROLE_SCENARIOS := $(sort $(wildcard roles/*/molecule/*/molecule.yml))

@@ -116,14 +116,18 @@ def test_published_port_is_on_loopback_only(test_lab):
 
 
 def test_hosts_share_the_apt_cache(test_lab):
-    proc = subprocess.run(
-        ["podman", "exec", "pacs-labtest-node1", "apt-config", "dump", "Dir::Cache::archives"],
-        capture_output=True,
-        text=True,
-        env=lab.podman_env(),
-        check=False,
-    )
-    assert "/var/cache/pacs-libre-apt/trixie/archives/" in proc.stdout
+    for folder, shared in (
+        ("/var/cache/apt/archives", "/var/cache/pacs-libre-apt/trixie/archives"),
+        ("/var/lib/apt/lists", "/var/cache/pacs-libre-apt/trixie/lists"),
+    ):
+        proc = subprocess.run(
+            ["podman", "exec", "pacs-labtest-node1", "readlink", "-f", folder],
+            capture_output=True,
+            text=True,
+            env=lab.podman_env(),
+            check=False,
+        )
+        assert proc.stdout.strip() == shared
     mounts = subprocess.run(
         [
             "podman",

@@ -68,7 +68,7 @@ IMAGE_MASKED_UNITS: tuple[str, ...] = (
 )
 
 #: Bump when the way the image is made changes in a way the recipe does not show.
-IMAGE_RECIPE_VERSION = 2
+IMAGE_RECIPE_VERSION = 3
 
 #: The hosts share one apt package cache, and apt refuses to work while another
 #: apt holds its lock there (it cannot wait for it). In the lab image only,
@@ -307,26 +307,21 @@ def _prepare_rootfs(target: Path, recipe: ImageRecipe) -> None:
         link = target / "etc/systemd/system" / unit
         link.unlink(missing_ok=True)
         link.symlink_to("/dev/null")
-    # The hosts mount one apt cache shared by all (see apt_cache_mount); the
-    # image ships none, and keeps every downloaded package there for the next host.
-    for sub in ("var/cache/apt/archives", "var/lib/apt/lists"):
-        for entry in (target / sub).glob("*"):
-            if entry.is_file():
-                entry.unlink()
+    # The hosts mount one apt cache shared by all (see apt_cache_mount). apt's own
+    # folders point into it, so that every tool (Ansible's apt module judges the
+    # age of the lists by the mtime of /var/lib/apt/lists) sees the shared state.
     shared = f"{APT_CACHE_MOUNT}/{recipe.codename}"
+    for sub, folder in (("archives", "var/cache/apt/archives"), ("lists", "var/lib/apt/lists")):
+        shutil.rmtree(target / folder)
+        (target / folder).symlink_to(f"{shared}/{sub}")
     (target / "etc/apt/apt.conf.d/00pacs-libre-lab-cache").write_text(
-        "// pacs-libre lab: one package cache and list store for all hosts of this release.\n"
-        f'Dir::Cache::archives "{shared}/archives/";\n'
-        f'Dir::State::lists "{shared}/lists/";\n'
+        "// pacs-libre lab: keep every package in the cache shared by all hosts.\n"
         'Binary::apt::APT::Keep-Downloaded-Packages "true";\n'
         'APT::Keep-Downloaded-Packages "true";\n'
     )
     wrapper = target / "usr/local/bin/apt-get"
     wrapper.write_text(APT_GET_WRAPPER)
     wrapper.chmod(0o755)
-    (target / "etc/tmpfiles.d/pacs-libre-lab-apt.conf").write_text(
-        f"d {shared}/archives/partial 0700 _apt root -\nd {shared}/lists/partial 0700 _apt root -\n"
-    )
     (target / "etc/pacs-libre-lab-recipe").write_text(
         f"debian={recipe.debian} codename={recipe.codename} recipe={recipe.digest}\n"
     )
@@ -462,14 +457,19 @@ APT_CACHE_MOUNT = "/var/cache/pacs-libre-apt"
 def apt_cache_mount() -> str:
     """The bind mount of the apt cache shared by every lab and test host.
 
-    The image points apt at ``/var/cache/pacs-libre-apt/<codename>/`` for both
-    package files and lists: lists are per release because ``apt-get update``
-    deletes the list files that its own sources do not name.
+    The image links apt's folders to ``/var/cache/pacs-libre-apt/<codename>/``:
+    lists are per release because ``apt-get update`` deletes the list files that
+    its own sources do not name. A new, empty lists folder is dated 1970, so that
+    nothing takes it for freshly updated lists.
     """
     base = cache_dir() / "apt"
     for codename in DEBIAN_RELEASES.values():
         for sub in ("archives", "lists"):
-            (base / codename / sub / "partial").mkdir(parents=True, exist_ok=True)
+            folder = base / codename / sub
+            new = not folder.exists()
+            (folder / "partial").mkdir(parents=True, exist_ok=True)
+            if new:
+                os.utime(folder, (0, 0))
     return f"{base}:{APT_CACHE_MOUNT}"
 
 
@@ -479,6 +479,11 @@ def container_state(name: str) -> dict[str, Any] | None:
         return None
     data = json.loads(proc.stdout or "[]")
     return data[0] if data else None
+
+
+def _image_id(image: str) -> str | None:
+    proc = _run(["podman", "image", "inspect", "--format", "{{.Id}}", image], check=False)
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
 
 
 def ensure_network(lab: Lab) -> bool:
@@ -495,12 +500,19 @@ def ensure_host(lab: Lab, host: LabHost) -> str:
     state = container_state(host.container)
     if state is not None:
         status = str(state.get("State", {}).get("Status", ""))
+        stale = _image_id(recipe.image) not in {None, state.get("Image")}
+        note = (
+            f"; it runs an older {recipe.image}: `pacsctl lab down` then `pacsctl lab up` "
+            "to move it (its /srv volume is kept)"
+            if stale
+            else ""
+        )
         if status == "running":
-            return "reused (running)"
+            return f"reused (running){note}"
         if status in {"exited", "stopped", "created", "configured"}:
             start = _run(["podman", "start", host.container], check=False)
             if start.returncode == 0:
-                return f"restarted (was {status})"
+                return f"restarted (was {status}){note}"
         # A leftover that cannot start (killed mid-creation, network gone):
         # its data lives in the volume, so replacing the container loses nothing.
         _run(["podman", "rm", "--force", host.container])

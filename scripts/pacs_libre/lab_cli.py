@@ -46,6 +46,8 @@ def image_cmd(
     """Build the systemd base image from a debootstrap root filesystem (cached by recipe)."""
     recipe = lab.ImageRecipe.for_debian(debian)
     _build(recipe, force=force)
+    # Scenarios mount the shared apt cache too: have it ready, dated right.
+    lab.apt_cache_mount()
 
 
 def _build(recipe: lab.ImageRecipe, *, force: bool = False) -> None:
