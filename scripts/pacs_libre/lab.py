@@ -68,7 +68,7 @@ IMAGE_MASKED_UNITS: tuple[str, ...] = (
 )
 
 #: Bump when the way the image is made changes in a way the recipe does not show.
-IMAGE_RECIPE_VERSION = 3
+IMAGE_RECIPE_VERSION = 5
 
 #: The hosts share one apt package cache, and apt refuses to work while another
 #: apt holds its lock there (it cannot wait for it). In the lab image only,
@@ -260,6 +260,12 @@ def _build_image(recipe: ImageRecipe, progress: Callable[[str], None]) -> None:
             step=f"debootstrap {recipe.codename}",
             progress=progress,
         )
+        progress(f"apt-get update in {recipe.codename}")
+        _stream(
+            ["chroot", str(target), "apt-get", "update"],
+            step=f"apt-get update in {recipe.codename}",
+            progress=progress,
+        )
         progress("preparing the root filesystem for systemd in a container")
         _prepare_rootfs(target, recipe)
         progress(f"importing {recipe.image}")
@@ -307,13 +313,15 @@ def _prepare_rootfs(target: Path, recipe: ImageRecipe) -> None:
         link = target / "etc/systemd/system" / unit
         link.unlink(missing_ok=True)
         link.symlink_to("/dev/null")
-    # The hosts mount one apt cache shared by all (see apt_cache_mount). apt's own
-    # folders point into it, so that every tool (Ansible's apt module judges the
-    # age of the lists by the mtime of /var/lib/apt/lists) sees the shared state.
+    # The hosts mount one package cache shared by all (see apt_cache_mount), and
+    # apt's archive folder points into it. Each host keeps its own package lists,
+    # fresh from the build, like a newly installed server: check mode on a new
+    # host can then tell which packages it would install.
     shared = f"{APT_CACHE_MOUNT}/{recipe.codename}"
-    for sub, folder in (("archives", "var/cache/apt/archives"), ("lists", "var/lib/apt/lists")):
-        shutil.rmtree(target / folder)
-        (target / folder).symlink_to(f"{shared}/{sub}")
+    for binary_cache in (target / "var/cache/apt").glob("*.bin"):
+        binary_cache.unlink()  # apt rebuilds them on first use
+    shutil.rmtree(target / "var/cache/apt/archives")
+    (target / "var/cache/apt/archives").symlink_to(f"{shared}/archives")
     (target / "etc/apt/apt.conf.d/00pacs-libre-lab-cache").write_text(
         "// pacs-libre lab: keep every package in the cache shared by all hosts.\n"
         'Binary::apt::APT::Keep-Downloaded-Packages "true";\n'
@@ -457,19 +465,12 @@ APT_CACHE_MOUNT = "/var/cache/pacs-libre-apt"
 def apt_cache_mount() -> str:
     """The bind mount of the apt cache shared by every lab and test host.
 
-    The image links apt's folders to ``/var/cache/pacs-libre-apt/<codename>/``:
-    lists are per release because ``apt-get update`` deletes the list files that
-    its own sources do not name. A new, empty lists folder is dated 1970, so that
-    nothing takes it for freshly updated lists.
+    The image links apt's archive folder to
+    ``/var/cache/pacs-libre-apt/<codename>/archives``, one per Debian release.
     """
     base = cache_dir() / "apt"
     for codename in DEBIAN_RELEASES.values():
-        for sub in ("archives", "lists"):
-            folder = base / codename / sub
-            new = not folder.exists()
-            (folder / "partial").mkdir(parents=True, exist_ok=True)
-            if new:
-                os.utime(folder, (0, 0))
+        (base / codename / "archives" / "partial").mkdir(parents=True, exist_ok=True)
     return f"{base}:{APT_CACHE_MOUNT}"
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.status import Status
 from rich.table import Table
 
 from pacs_libre import lab
@@ -50,11 +52,28 @@ def image_cmd(
     lab.apt_cache_mount()
 
 
+class _Progress:
+    """Report a long step: a live spinner on a terminal, a line every few seconds in logs."""
+
+    def __init__(self, spinner: Status, every: float = 15.0) -> None:
+        self.spinner = spinner
+        self.every = every
+        self.last = 0.0
+
+    def __call__(self, text: str) -> None:
+        self.spinner.update(text)
+        now = time.monotonic()
+        if not console.is_terminal and now - self.last >= self.every:
+            self.last = now
+            console.print(text, markup=False, highlight=False)
+
+
 def _build(recipe: lab.ImageRecipe, *, force: bool = False) -> None:
     with console.status(f"[bold]building {recipe.image}[/]") as spinner:
+        report = _Progress(spinner)
 
         def progress(line: str) -> None:
-            spinner.update(f"[bold]{recipe.image}[/]: {line[:100]}")
+            report(f"{recipe.image}: {line[:100]}")
 
         try:
             built = lab.build_image(recipe, force=force, progress=progress)
