@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import testinfra
@@ -82,3 +83,22 @@ def _changed_tasks(output: str) -> str:
         elif line.startswith("changed:"):
             found.append(f"{task} {line}")
     return "\n".join(found)
+
+
+def run_playbook(playbook: str, *args: str, inventories: Sequence[str] = ()) -> tuple[int, str]:
+    """Run a playbook on the scenario's hosts; return its exit status and its output.
+
+    Uses Molecule's inventory and Ansible settings, plus ``inventories`` (more inventory
+    sources layered on top, e.g. a folder that overrides some host variables).
+    """
+    command = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"]]
+    for extra in inventories:
+        command += ["-i", extra]
+    proc = subprocess.run(
+        [*command, playbook, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"},
+    )
+    return proc.returncode, proc.stdout + proc.stderr

@@ -15,6 +15,7 @@ from typer._click import exceptions as click_exc
 from pacs_libre import __version__
 from pacs_libre.docs_cli import app as docs_app
 from pacs_libre.errors import UserError
+from pacs_libre.inventory_cli import app as inventory_app
 from pacs_libre.lab_cli import app as lab_app
 from pacs_libre.size_cli import size_cmd
 
@@ -27,6 +28,7 @@ app = typer.Typer(
 )
 app.add_typer(lab_app, name="lab")
 app.add_typer(docs_app, name="docs")
+app.add_typer(inventory_app, name="inventory")
 app.command("size")(size_cmd)
 
 

@@ -1,0 +1,521 @@
+"""Inventory checks: the examples pass, and a broken copy per rule is caught with its message."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pacs_libre import inventory
+from pacs_libre.cli import main
+from pacs_libre.inventory import PLACEHOLDER, Problem, Removed
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ["lab", "example-ch200", "example-territory"]
+CH200 = "example-ch200"
+ARCHIVE = "pacs-archive.ch-exemple.fr"
+PACSCTL = str(Path(sys.executable).parent / "pacsctl")
+
+
+_MEMBERSHIP: dict[tuple[str, ...], dict[str, set[str]]] = {}
+
+
+@pytest.fixture(autouse=True)
+def _one_ansible_inventory_per_hosts_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep the tests fast: ``ansible-inventory --graph`` runs once per distinct hosts.yml.
+
+    Group membership depends only on the hosts files, which most tests leave alone.
+    """
+    real = inventory.read_membership
+
+    def cached(path: Path) -> dict[str, set[str]]:
+        hosts = sorted(path.glob("*.yml")) if path.is_dir() else []
+        key = tuple(p.read_text() for p in hosts) if hosts else (str(path),)
+        if key not in _MEMBERSHIP:
+            _MEMBERSHIP[key] = real(path)
+        return {host: set(groups) for host, groups in _MEMBERSHIP[key].items()}
+
+    monkeypatch.setattr(inventory, "read_membership", cached)
+
+
+@pytest.fixture
+def copy_of(tmp_path: Path) -> Callable[[str], Path]:
+    """A throwaway copy of an example inventory, to break."""
+
+    def make(name: str) -> Path:
+        target = tmp_path / name
+        shutil.copytree(ROOT / "inventories" / name, target)
+        return target
+
+    return make
+
+
+def edit(path: Path, **changes: Any) -> None:
+    """Set (or, with None, delete) top-level keys of a YAML vars file."""
+    data = yaml.safe_load(path.read_text()) if path.exists() else {}
+    data = data or {}
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("---\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+
+def only(problems: list[Problem], rule: str) -> list[Problem]:
+    return [p for p in problems if p.rule == rule]
+
+
+# ----------------------------------------------------------------------------- the examples
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_inventories_pass(name: str) -> None:
+    assert inventory.check(ROOT / "inventories" / name) == []
+
+
+@pytest.mark.parametrize("name", ["example-ch200", "example-territory"])
+def test_examples_are_accepted_by_ansible_inventory(name: str) -> None:
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ansible-inventory"),
+            "-i",
+            str(ROOT / "inventories" / name),
+            "--list",
+            "--export",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    data = json.loads(proc.stdout)
+    assert "pacs_archive" in data
+    assert data["all"]["vars"]["pacs_inventory_is_example"] is True
+
+
+@pytest.mark.parametrize("name", ["example-ch200", "example-territory"])
+def test_examples_use_changeme_only_for_secrets(name: str) -> None:
+    secrets = inventory.known_variables().secrets()
+    found = []
+    for path in (ROOT / "inventories" / name).rglob("*.yml"):
+        for line in path.read_text().splitlines():
+            if "CHANGEME" in line and not line.lstrip().startswith("#"):
+                found.append(line.split(":")[0].strip())
+    assert found
+    assert set(found) <= secrets
+
+
+@pytest.mark.parametrize("name", ["example-ch200", "example-territory"])
+def test_example_sizing_is_what_pacsctl_size_writes(name: str, tmp_path: Path) -> None:
+    """The sizing group_vars are generated: rerunning their command gives the same file."""
+    sizing = ROOT / "inventories" / name / "group_vars/all/sizing.yml"
+    header = [line for line in sizing.read_text().splitlines() if line.startswith("#   ")]
+    command = " ".join(line[4:].rstrip("\\ ") for line in header)
+    argv = shlex.split(command)[1:]
+    out = tmp_path / "sizing.yml"
+    argv[argv.index("--write-group-vars") + 1] = str(out)
+    assert main([*argv, "--format", "json"]) == 0
+    expected = sizing.read_text().split("# Do not edit by hand")[1]
+    assert out.read_text().split("# Do not edit by hand")[1] == expected
+
+
+def test_known_variables_come_from_every_source() -> None:
+    known = inventory.known_variables()
+    assert known.owners["base_timezone"] == "role base"
+    assert known.owners["base_firewall_owner"] == "role base"  # another entry point
+    assert known.owners["preflight_check_storage"] == "role preflight"
+    assert known.owners["pacs_sizing_archive_storage_tb"] == "pacsctl size"
+    assert known.owners["postgresql_sizing_settings"] == "pacsctl size"
+    assert known.owners["lab_ports"] == "lab"
+    assert known.owners["pacs_archive_engine"] == "pacs-wide"
+    assert "pacs_archive_admin_password" in known.secrets()
+
+
+# ----------------------------------------------------------------------------- one rule each
+
+
+def test_unknown_variable_suggests_the_closest_name(copy_of: Callable[[str], Path]) -> None:
+    inv = copy_of(CH200)
+    edit(inv / "group_vars/all/base.yml", base_timezon="Europe/Paris")
+    problems = inventory.check(inv)
+    assert problems == [
+        Problem(
+            f"{inv}/group_vars/all/base.yml",
+            "base_timezon",
+            "unknown variable: did you mean base_timezone?",
+            "rename it to base_timezone",
+            "unknown-variable",
+        )
+    ]
+    assert str(problems[0]) == (
+        f"{inv}/group_vars/all/base.yml: base_timezon: unknown variable: did you mean "
+        "base_timezone? — fix: rename it to base_timezone"
+    )
+
+
+def test_unknown_variable_of_another_tool_is_allowed_by_its_prefix(
+    copy_of: Callable[[str], Path],
+) -> None:
+    inv = copy_of(CH200)
+    edit(inv / "host_vars/pacs-db.ch-exemple.fr.yml", zabbix_proxy="zbx.ch-exemple.fr")
+    [problem] = inventory.check(inv)
+    assert problem.key == "zabbix_proxy"
+    assert problem.file == f"{inv}/host_vars/pacs-db.ch-exemple.fr.yml"
+    assert "pacs_inventory_foreign_prefixes" in problem.fix
+    edit(inv / "group_vars/all/pacs.yml", pacs_inventory_foreign_prefixes=["zabbix_"])
+    assert inventory.check(inv) == []
+
+
+def test_removed_variable_names_its_replacement(
+    copy_of: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(
+        inventory.REMOVED_VARIABLES,
+        "pacs_aet",
+        Removed(version="0.2.0", why="each host has its own AE title", new="pacs_dicom_aet"),
+    )
+    inv = copy_of(CH200)
+    edit(inv / "group_vars/pacs_archive/archive.yml", pacs_aet="PACS")
+    [problem] = inventory.check(inv)
+    assert problem.rule == "removed-variable"
+    assert problem.key == "pacs_aet"
+    assert problem.message == "removed in pacs-libre 0.2.0: each host has its own AE title"
+    assert problem.fix == "rename it to pacs_dicom_aet (docs/upgrade-notes.md)"
+
+
+def test_upgrade_notes_point_at_the_removed_variables_table() -> None:
+    assert "REMOVED_VARIABLES" in (ROOT / "docs/upgrade-notes.md").read_text()
+
+
+def test_wrong_types_choices_and_fields(copy_of: Callable[[str], Path]) -> None:
+    inv = copy_of(CH200)
+    edit(
+        inv / "group_vars/all/base.yml",
+        base_admin_networks="10.20.250.0/24",
+        base_ssh_port="twenty-two",
+        base_firewall_enabled="maybe",
+    )
+    edit(inv / "group_vars/all/pacs.yml", pacs_archive_engine="pacs")
+    archive = inv / "group_vars/pacs_archive/archive.yml"
+    nodes = yaml.safe_load(archive.read_text())["pacs_dicom_nodes"]
+    nodes[0]["kind"] = "scanner"
+    del nodes[1]["port"]
+    nodes[2]["hots"] = "10.20.30.99"
+    edit(archive, pacs_dicom_nodes=nodes)
+    problems = {(p.key, p.message): p for p in only(inventory.check(inv), "wrong-type")}
+    assert set(problems) == {
+        ("base_admin_networks", "expected a list, got a string ('10.20.250.0/24')"),
+        ("base_ssh_port", "expected a whole number, got a string ('twenty-two')"),
+        ("base_firewall_enabled", "expected true or false, got a string ('maybe')"),
+        ("pacs_archive_engine", "'pacs' is not one of orthanc, dcm4chee"),
+        ("pacs_dicom_nodes[0].kind", "'scanner' is not one of modality, workstation, peer"),
+        ("pacs_dicom_nodes[1].port", "is missing"),
+        ("pacs_dicom_nodes[2].hots", "unknown field"),
+    }
+    assert problems[
+        "base_admin_networks", "expected a list, got a string ('10.20.250.0/24')"
+    ].fix == (
+        "write a YAML list: base_admin_networks: [a, b], or one '- item' per line under "
+        "base_admin_networks"
+    )
+    assert problems["pacs_dicom_nodes[2].hots", "unknown field"].fix == "rename it to host"
+    assert problems["pacs_archive_engine", "'pacs' is not one of orthanc, dcm4chee"].file == (
+        f"{inv}/group_vars/all/pacs.yml"
+    )
+
+
+def test_a_quoted_number_is_a_number_as_in_ansible() -> None:
+    assert inventory.check_value("4242", {"type": "int"}, "k") == []
+    assert inventory.check_value(True, {"type": "int"}, "k")
+    assert inventory.check_value(inventory.VAULTED, {"type": "int"}, "k") == []
+    assert inventory.check_value("{{ other }}", {"type": "int"}, "k") == []
+    assert inventory.check_value(None, {"type": "str", "default": "x"}, "k") == [
+        (
+            "k",
+            "has no value",
+            'give it a value, or delete the line to keep the default (default: "x")',
+        )
+    ]
+
+
+def test_duplicate_ae_title(copy_of: Callable[[str], Path]) -> None:
+    inv = copy_of(CH200)
+    archive = inv / "group_vars/pacs_archive/archive.yml"
+    nodes = yaml.safe_load(archive.read_text())["pacs_dicom_nodes"]
+    nodes.append(
+        {"name": "ct-2", "kind": "modality", "aet": "ct_urg", "host": "10.20.30.15", "port": 104}
+    )
+    nodes.append(
+        {
+            "name": "oops",
+            "kind": "modality",
+            "aet": "PACS_CHEXEMPLE",
+            "host": "10.20.30.16",
+            "port": 104,
+        }
+    )
+    edit(archive, pacs_dicom_nodes=nodes)
+    problems = only(inventory.check(inv), "duplicate-ae-title")
+    assert [(p.key, p.message) for p in problems] == [
+        (
+            "pacs_dicom_nodes[9].aet",
+            "AE title 'CT_URG' of node 'ct-2' is already used by node 'ct-urgences' "
+            f"({archive}: pacs_dicom_nodes[0].aet) at another address or port",
+        ),
+        (
+            "pacs_dicom_nodes[10].aet",
+            f"AE title 'PACS_CHEXEMPLE' of node 'oops' is already used by the archive of {ARCHIVE} "
+            f"({archive}: pacs_dicom_aet) at another address or port",
+        ),
+    ]
+    assert all(p.file == str(archive) for p in problems)
+    assert problems[0].fix.startswith("give each DICOM node its own AE title")
+
+
+def test_the_same_node_described_twice_is_not_a_duplicate(copy_of: Callable[[str], Path]) -> None:
+    """The territory's peers repeat the relay's and the archive's AE titles on purpose."""
+    inv = copy_of("example-territory")
+    relay = inv / "group_vars/pacs_relay/relay.yml"
+    nodes = yaml.safe_load(relay.read_text())["pacs_dicom_nodes"]
+    nodes[-1]["host"] = "10.10.1.99"  # now PACS_GHT points somewhere else
+    edit(relay, pacs_dicom_nodes=nodes)
+    [problem] = inventory.check(inv)
+    assert problem.rule == "duplicate-ae-title"
+    assert "AE title 'PACS_GHT'" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("aet", "message"),
+    [
+        ("PACS_CH_EXEMPLE_ARCHIVE", "has 23 characters; DICOM allows 16 at most"),
+        ("PACS\\CH", "has characters DICOM forbids ('\\\\')"),
+        ("PACS_CHÉ", "has characters DICOM forbids ('É')"),
+        ("pacs ch", "must use only capital letters A-Z, digits and _ - ."),
+        ("   ", "cannot be empty or only spaces"),
+    ],
+)
+def test_ae_title_format(copy_of: Callable[[str], Path], aet: str, message: str) -> None:
+    inv = copy_of(CH200)
+    edit(inv / "group_vars/pacs_archive/archive.yml", pacs_dicom_aet=aet)
+    [problem] = only(inventory.check(inv), "ae-title")
+    assert problem.key == "pacs_dicom_aet"
+    assert problem.file == f"{inv}/group_vars/pacs_archive/archive.yml"
+    assert message in problem.message
+    assert "A-Z, 0-9" in problem.fix
+
+
+def test_ae_title_of_a_device_follows_dicom_only() -> None:
+    assert inventory.ae_title_problem("Horos lecture", strict=False) is None
+    assert inventory.ae_title_problem(" CT1 ", strict=False) is None
+    assert "forbids ('\\t')" in str(inventory.ae_title_problem("CT\t1", strict=False))
+    assert inventory.ae_title_problem("Horos lecture", strict=True)
+
+
+def test_duplicate_port_on_one_host(copy_of: Callable[[str], Path]) -> None:
+    inv = copy_of(CH200)
+    edit(inv / "group_vars/pacs_archive/archive.yml", pacs_dicom_tls_port=22)
+    [problem] = inventory.check(inv)
+    assert problem.rule == "duplicate-port"
+    assert problem.key == "pacs_dicom_tls_port"
+    assert problem.file == f"{inv}/group_vars/pacs_archive/archive.yml"
+    assert problem.message == (
+        f"port 22 is also base_ssh_port (the default of role base) on {ARCHIVE}"
+    )
+    assert problem.fix == "give each service of a host its own port"
+
+
+def test_duplicate_published_lab_port(tmp_path: Path) -> None:
+    inv = tmp_path / "lab"
+    shutil.copytree(ROOT / "inventories/lab", inv)
+    (inv / "hosts.yml").write_text(
+        "---\nall:\n  children:\n    pacs_servers:\n      hosts:\n        pacs1:\n        pacs2:\n"
+    )
+    for host in ("pacs1", "pacs2"):
+        edit(inv / f"host_vars/{host}.yml", lab_ports=[{"host": 4242, "container": 4242}])
+    [problem] = inventory.check(inv)
+    assert problem.rule == "duplicate-port"
+    assert problem.file == f"{inv}/host_vars/pacs2.yml"
+    assert problem.key == "lab_ports[0].host"
+    assert problem.message == "127.0.0.1:4242/tcp is already published for pacs1"
+
+
+def mounts(**sizes: float) -> dict[str, Any]:
+    return {
+        "ansible_mounts": [
+            {"mount": "/" + name.replace("_", "/").strip("/"), "size_total": int(tb * 1e12)}
+            for name, tb in sizes.items()
+        ]
+    }
+
+
+def test_storage_must_fit_the_archive_filesystem(copy_of: Callable[[str], Path]) -> None:
+    inv = copy_of(CH200)
+    sized = yaml.safe_load((inv / "group_vars/all/sizing.yml").read_text())
+    need = sized["pacs_sizing_archive_storage_tb"]
+    # /srv is the longest mount holding /srv/pacs: it decides, not /.
+    facts = {ARCHIVE: mounts(_=1000, srv=need * 0.5)}
+    [problem] = inventory.check(inv, facts=facts)
+    assert problem.rule == "storage"
+    assert problem.file == f"{inv}/group_vars/all/sizing.yml"
+    assert problem.key == "pacs_sizing_archive_storage_tb"
+    assert problem.message == (
+        f"{ARCHIVE}: the sizing needs {need:.2f} TB for the archive, but the filesystem "
+        f"holding /srv/pacs (mounted at /srv) has {need * 0.5:.2f} TB"
+    )
+    assert "pacsctl size --years" in problem.fix
+    assert inventory.check(inv, facts={ARCHIVE: mounts(_=1, srv=need * 1.01)}) == []
+
+
+def test_storage_needs_a_filesystem_and_facts(copy_of: Callable[[str], Path]) -> None:
+    inv = copy_of(CH200)
+    [problem] = inventory.check(inv, facts={ARCHIVE: mounts(var_cache=100)})
+    assert problem.key == "pacs_archive_storage_path"
+    assert problem.message == f"no mounted filesystem of {ARCHIVE} holds /srv/pacs"
+    report = inventory.check_report(inv)
+    assert report.ok
+    assert report.notices == [
+        f"storage rule skipped for {ARCHIVE}: no facts of its filesystems "
+        "(pass --facts DIR, or let the preflight role check it)"
+    ]
+
+
+def test_missing_empty_and_placeholder_secrets(copy_of: Callable[[str], Path]) -> None:
+    inv = copy_of(CH200)
+    vault = inv / "group_vars/all/vault.yml"
+    edit(vault, pacs_backup_password=None, pacs_archive_admin_password="")
+    problems = only(inventory.check(inv), "missing-secret")
+    assert [(p.file, p.key, p.message) for p in problems] == [
+        (str(vault), "pacs_archive_admin_password", "secret is empty"),
+        (
+            str(vault),
+            "pacs_backup_password",
+            "missing secret, needed by the hosts of group pacs_backup (pacs-backup.ch-exemple.fr)",
+        ),
+    ]
+    assert "ansible-vault encrypt_string --stdin-name pacs_backup_password" in problems[1].fix
+    # Outside an example, CHANGEME is not a secret.
+    edit(
+        vault, **dict.fromkeys(["pacs_backup_password", "pacs_archive_admin_password"], PLACEHOLDER)
+    )
+    edit(inv / "group_vars/all/pacs.yml", pacs_inventory_is_example=None)
+    messages = {p.key: p.message for p in inventory.check(inv)}
+    placeholder = messages["pacs_backup_password"]
+    assert placeholder == (
+        "secret is still the placeholder CHANGEME (set pacs_inventory_is_example: true only in "
+        "an example inventory)"
+    )
+
+
+def test_vaulted_secrets_count_as_present_without_decrypting(
+    copy_of: Callable[[str], Path],
+) -> None:
+    inv = copy_of(CH200)
+    edit(inv / "group_vars/all/pacs.yml", pacs_inventory_is_example=None)
+    vault = inv / "group_vars/all/vault.yml"
+    vault.write_text(
+        "---\npacs_archive_admin_password: !vault |\n  $ANSIBLE_VAULT;1.1;AES256\n  6132\n"
+    )
+    # The other secret sits in a file encrypted as a whole: its keys cannot be read.
+    (inv / "group_vars/all/vault-more.yml").write_text("$ANSIBLE_VAULT;1.1;AES256\n6132\n")
+    assert inventory.check(inv) == []
+
+
+def test_changeme_outside_secrets(copy_of: Callable[[str], Path]) -> None:
+    inv = copy_of(CH200)
+    edit(inv / "group_vars/all/pacs.yml", pacs_site_name="CHANGEME")
+    [problem] = inventory.check(inv)
+    assert problem.rule == "placeholder"
+    assert problem.message == "CHANGEME is left in a variable that is not a secret"
+
+
+def test_invalid_yaml_names_the_file_and_line(copy_of: Callable[[str], Path]) -> None:
+    inv = copy_of(CH200)
+    (inv / "group_vars/all/extra.yml").write_text("---\npacs_site_name: [oops\n")
+    [problem] = inventory.check(inv)
+    assert problem.file == f"{inv}/group_vars/all/extra.yml"
+    assert problem.message.startswith("not valid YAML at line 3")
+
+
+# ----------------------------------------------------------------------------- all together
+
+
+def break_everything(inv: Path) -> None:
+    edit(inv / "group_vars/all/base.yml", base_timezon="Europe/Paris", base_ssh_port="ssh")
+    archive = inv / "group_vars/pacs_archive/archive.yml"
+    nodes = yaml.safe_load(archive.read_text())["pacs_dicom_nodes"]
+    nodes.append(
+        {"name": "x", "kind": "modality", "aet": "CT_URG", "host": "10.9.9.9", "port": 104}
+    )
+    edit(
+        archive,
+        pacs_dicom_nodes=nodes,
+        pacs_dicom_aet="PACS\\TOO_LONG_FOR_DICOM",
+        pacs_dicom_tls_port=4242,
+    )
+    edit(inv / "group_vars/all/vault.yml", pacs_backup_password=None)
+
+
+def test_every_rule_is_reported_at_once(copy_of: Callable[[str], Path]) -> None:
+    inv = copy_of(CH200)
+    break_everything(inv)
+    problems = inventory.check(inv, facts={ARCHIVE: mounts(_=0.001)})
+    assert {p.rule for p in problems} == {
+        "unknown-variable",
+        "wrong-type",
+        "ae-title",
+        "duplicate-ae-title",
+        "duplicate-port",
+        "storage",
+        "missing-secret",
+    }
+    assert problems == sorted(problems, key=inventory.problem_order)
+
+
+def test_cli_prints_every_problem_and_exits_1(
+    copy_of: Callable[[str], Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    inv = copy_of(CH200)
+    break_everything(inv)
+    cache = tmp_path / "facts"
+    cache.mkdir()
+    payload = json.dumps(mounts(_=0.001))
+    (cache / f"s1_{ARCHIVE}").write_text(json.dumps({"__payload__": payload}))
+    assert main(["inventory", "check", str(inv), "--facts", str(cache)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == f"{inv}: 7 problem(s) to fix"
+    assert all(line.startswith(f"{inv}/") and " — fix: " in line for line in out[:-1])
+    assert main(["inventory", "check", str(inv), "--format", "json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] is False
+    assert {p["rule"] for p in data["problems"]} >= {"unknown-variable", "missing-secret"}
+
+
+def test_cli_ok_line_and_bad_usage() -> None:
+    ok = subprocess.run(
+        [PACSCTL, "inventory", "check", str(ROOT / "inventories/lab")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert ok.returncode == 0
+    assert ok.stdout.strip().endswith("OK, 1 host(s) checked")
+    missing = subprocess.run(
+        [PACSCTL, "inventory", "check", "inventories/nowhere"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [
+        "pacsctl: error: inventory 'inventories/nowhere' does not exist: pass a folder under "
+        "inventories/"
+    ]
