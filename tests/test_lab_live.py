@@ -36,6 +36,12 @@ def _pacsctl(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([PACSCTL, *args], capture_output=True, text=True, check=False)
 
 
+def _podman(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["podman", *args], capture_output=True, text=True, env=lab.podman_env(), check=False
+    )
+
+
 @pytest.fixture(scope="module")
 def test_lab(tmp_path_factory):
     inv = tmp_path_factory.mktemp("labtest") / "inventory"
@@ -67,21 +73,9 @@ def test_up_creates_a_running_systemd_host_and_converges(test_lab):
     proc = _pacsctl("lab", "up", "--inventory", str(inv), "--playbook", str(play))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "created" in proc.stderr
-    marker = subprocess.run(
-        ["podman", "exec", "pacs-labtest-node1", "cat", "/srv/marker"],
-        capture_output=True,
-        text=True,
-        env=lab.podman_env(),
-        check=False,
-    )
+    marker = _podman("exec", "pacs-labtest-node1", "cat", "/srv/marker")
     assert marker.stdout == "converged"
-    state = subprocess.run(
-        ["podman", "exec", "pacs-labtest-node1", "systemctl", "is-system-running"],
-        capture_output=True,
-        text=True,
-        env=lab.podman_env(),
-        check=False,
-    )
+    state = _podman("exec", "pacs-labtest-node1", "systemctl", "is-system-running")
     assert state.stdout.strip() == "running"
 
 
@@ -105,13 +99,7 @@ def test_status_json_lists_hosts_and_endpoints(test_lab):
 
 def test_published_port_is_on_loopback_only(test_lab):
     _inv, _play, port = test_lab
-    proc = subprocess.run(
-        ["podman", "port", "pacs-labtest-node1"],
-        capture_output=True,
-        text=True,
-        env=lab.podman_env(),
-        check=False,
-    )
+    proc = _podman("port", "pacs-labtest-node1")
     assert proc.stdout.strip() == f"8080/tcp -> 127.0.0.1:{port}"
 
 
@@ -121,26 +109,10 @@ def test_hosts_share_the_apt_cache(test_lab):
         # Lists stay the host's own, fresh from the image build.
         ("/var/lib/apt/lists", "/var/lib/apt/lists"),
     ):
-        proc = subprocess.run(
-            ["podman", "exec", "pacs-labtest-node1", "readlink", "-f", folder],
-            capture_output=True,
-            text=True,
-            env=lab.podman_env(),
-            check=False,
-        )
+        proc = _podman("exec", "pacs-labtest-node1", "readlink", "-f", folder)
         assert proc.stdout.strip() == shared
-    mounts = subprocess.run(
-        [
-            "podman",
-            "inspect",
-            "--format",
-            "{{range .Mounts}}{{.Source}} {{end}}",
-            "pacs-labtest-node1",
-        ],
-        capture_output=True,
-        text=True,
-        env=lab.podman_env(),
-        check=False,
+    mounts = _podman(
+        "inspect", "--format", "{{range .Mounts}}{{.Source}} {{end}}", "pacs-labtest-node1"
     ).stdout
     assert str(lab.cache_dir() / "apt") in mounts.split()
 
@@ -154,23 +126,12 @@ def test_second_up_reuses_the_running_host(test_lab):
 
 def test_a_stopped_leftover_is_started_again(test_lab):
     inv, _play, _port = test_lab
-    subprocess.run(
-        ["podman", "stop", "--time", "5", "pacs-labtest-node1"],
-        env=lab.podman_env(),
-        check=True,
-        capture_output=True,
-    )
+    assert _podman("stop", "--time", "5", "pacs-labtest-node1").returncode == 0
     proc = _pacsctl("lab", "up", "--no-converge", "--inventory", str(inv))
     assert proc.returncode == 0, proc.stderr
     assert "restarted" in proc.stderr
     # The volume kept its data through the stop.
-    marker = subprocess.run(
-        ["podman", "exec", "pacs-labtest-node1", "cat", "/srv/marker"],
-        capture_output=True,
-        text=True,
-        env=lab.podman_env(),
-        check=False,
-    )
+    marker = _podman("exec", "pacs-labtest-node1", "cat", "/srv/marker")
     assert marker.stdout == "converged"
 
 
@@ -180,19 +141,7 @@ def test_down_purge_removes_only_this_labs_objects(test_lab):
     assert proc.returncode == 0, proc.stderr
     assert "removed host pacs-labtest-node1" in proc.stderr
     assert "removed volume pacs-labtest-node1-srv" in proc.stderr
-    left = subprocess.run(
-        [
-            "podman",
-            "ps",
-            "-a",
-            "--filter",
-            "label=org.pacs-libre.lab=pacs-labtest",
-            "--format",
-            "{{.Names}}",
-        ],
-        capture_output=True,
-        text=True,
-        env=lab.podman_env(),
-        check=False,
+    left = _podman(
+        "ps", "-a", "--filter", "label=org.pacs-libre.lab=pacs-labtest", "--format", "{{.Names}}"
     )
     assert left.stdout.strip() == ""
