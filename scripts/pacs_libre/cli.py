@@ -13,6 +13,8 @@ import typer
 from typer._click import exceptions as click_exc
 
 from pacs_libre import __version__
+from pacs_libre.bench_cli import app as bench_app
+from pacs_libre.dicom_cli import app as dicom_app
 from pacs_libre.docs_cli import app as docs_app
 from pacs_libre.errors import UserError
 from pacs_libre.inventory_cli import app as inventory_app
@@ -30,6 +32,8 @@ app.add_typer(lab_app, name="lab")
 app.add_typer(docs_app, name="docs")
 app.add_typer(inventory_app, name="inventory")
 app.command("size")(size_cmd)
+app.add_typer(dicom_app, name="dicom")
+app.add_typer(bench_app, name="bench")
 
 
 @app.callback(invoke_without_command=True)

@@ -1,0 +1,239 @@
+"""``pacsctl bench``: measure C-STORE ingest, side by side with a stock Orthanc."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from pacs_libre import bench, lab
+from pacs_libre.dicom_cli import (
+    AET_OPT,
+    CALLING_OPT,
+    FORMAT_OPT,
+    INVENTORY_OPT,
+    TARGET_OPT,
+    Target,
+    _check_format,
+    resolve_target,
+)
+from pacs_libre.errors import UserError
+
+app = typer.Typer(
+    help="Benchmarks, side by side with a stock baseline (never part of make test).",
+    no_args_is_help=True,
+)
+console = Console(stderr=True)
+# Wide enough for the results table when the output is a file or a pipe.
+out = Console(width=None if sys.stdout.isatty() else 160)
+
+
+def _progress() -> Progress:
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not console.is_terminal,
+        transient=True,
+    )
+
+
+@app.command("ingest")
+def ingest_cmd(
+    *,
+    associations: int = typer.Option(4, "--associations", "-n", help="Parallel associations."),
+    instances: int = typer.Option(1000, "--instances", "-m", help="CT instances (512x512)."),
+    target: str | None = TARGET_OPT,
+    aet: str | None = AET_OPT,
+    calling_aet: str | None = CALLING_OPT,
+    inventory: Path = INVENTORY_OPT,
+    baseline: bool = typer.Option(
+        False, "--baseline", help="Also measure a stock Orthanc on an identical lab host."
+    ),
+    debian: str = typer.Option(
+        lab.DEFAULT_DEBIAN, "--debian", help="Debian release of the stock host (13 or 12)."
+    ),
+    size: int = typer.Option(512, "--size", help="CT matrix (rows = columns).", hidden=True),
+    cache: Path | None = typer.Option(
+        None, "--cache", help="Where the instance pool lives (default: the pacs-libre cache)."
+    ),
+    fmt: str = FORMAT_OPT,
+) -> None:
+    """Sustained C-STORE ingest: images/s and MB/s over N parallel associations."""
+    _check_format(fmt)
+    if associations < 1 or associations > 64:
+        raise UserError(f"--associations {associations}: use 1 to 64")
+    if instances < 1:
+        raise UserError(f"--instances {instances}: use 1 or more")
+    if size < 16 or size > 4096:
+        raise UserError(f"--size {size}: use 16 to 4096")
+    lab.ImageRecipe.for_debian(debian)  # a bad --debian fails before any work
+    where = resolve_target(target, aet, calling_aet, inventory)
+    pool_cache = cache or lab.cache_dir() / "bench"
+    with _progress() as bar:
+        task = bar.add_task("instance pool", total=instances)
+        pool = bench.ct_pool(
+            instances,
+            pool_cache,
+            size=size,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    first = "pacs-libre" if baseline else "target"
+    runs = [_one_run(first, where, pool=pool, pool_cache=pool_cache, associations=associations)]
+    if baseline:
+        with console.status("[bold]stock Orthanc host[/]") as spinner:
+            host, port, stock_aet = bench.ensure_stock(
+                debian, progress=lambda m: spinner.update(f"[bold]stock:[/] {m}")
+            )
+        stock = Target(host, port, stock_aet, where.calling_aet)
+        runs.append(
+            _one_run(
+                "stock",
+                stock,
+                pool=pool,
+                pool_cache=pool_cache,
+                associations=associations,
+                container=bench.STOCK_CONTAINER,
+            )
+        )
+        runs[-1].server["orthanc_version"] = bench.stock_version()
+    ratio = (
+        runs[0].images_per_s / runs[1].images_per_s
+        if baseline and runs[1].images_per_s > 0
+        else None
+    )
+    data: dict[str, Any] = {
+        "command": "pacsctl " + " ".join(sys.argv[1:]) if sys.argv else "",
+        "runs": [r.as_dict() for r in runs],
+        "ratio": None if ratio is None else round(ratio, 2),
+    }
+    if fmt == "json":
+        typer.echo(json.dumps(data, indent=2))
+    else:
+        _table(runs, ratio)
+    if any(r.failed for r in runs):
+        raise typer.Exit(1)
+
+
+def _one_run(
+    label: str,
+    where: Target,
+    *,
+    pool: list[Path],
+    pool_cache: Path,
+    associations: int,
+    container: str | None = None,
+) -> bench.IngestResult:
+    counters = None
+    name = container or (
+        bench.container_for_port(where.port) if where.host in {"127.0.0.1", "localhost"} else None
+    )
+    if name:
+        try:
+            counters = bench.ServerCounters(name)
+        except UserError:
+            counters = None  # not an Orthanc host: measure the client side only
+    with bench.run_files(pool, pool_cache) as files, _progress() as bar:
+        task = bar.add_task(f"{label}: C-STORE", total=len(files))
+        return bench.run_ingest(
+            files,
+            where.host,
+            where.port,
+            where.aet,
+            where.calling_aet,
+            associations=associations,
+            label=label,
+            progress=lambda n: bar.advance(task, n),
+            counters=counters,
+        )
+
+
+def _table(runs: list[bench.IngestResult], ratio: float | None) -> None:
+    table = Table(title="C-STORE ingest")
+    for column in (
+        "run",
+        "target",
+        "assoc.",
+        "stored",
+        "failed",
+        "seconds",
+        "images/s",
+        "MB/s",
+        "archive CPU",
+        "machine user/sys/iowait/idle %",
+    ):
+        table.add_column(column, justify="right" if column not in {"run", "target"} else "left")
+    for r in runs:
+        cpu = r.server.get("machine_cpu_percent") or {}
+        split = "/".join(str(cpu.get(k, "-")) for k in ("user", "system", "iowait", "idle"))
+        archive = r.server.get("archive_cpu_percent")
+        table.add_row(
+            r.label,
+            r.target,
+            str(r.associations),
+            str(r.sent),
+            str(r.failed),
+            f"{r.seconds:.2f}",
+            f"{r.images_per_s:.0f}",
+            f"{r.mb_per_s:.1f}",
+            "-" if archive is None else f"{archive:.0f} %",
+            split if cpu else "-",
+        )
+    out.print(table)
+    for r in runs:
+        for error in r.errors:
+            out.print(f"[red]{r.label}[/]: {error}", markup=True)
+    if ratio is not None:
+        out.print(f"pacs-libre / stock: [bold]{ratio:.2f}x[/] images/s")
+
+
+@app.command("stock")
+def stock_cmd(
+    *,
+    debian: str = typer.Option(lab.DEFAULT_DEBIAN, "--debian", help="13 or 12."),
+    fmt: str = FORMAT_OPT,
+) -> None:
+    """Start (or reuse) the stock Orthanc host alone and print its DICOM endpoint."""
+    _check_format(fmt)
+    lab.ImageRecipe.for_debian(debian)
+    with console.status("[bold]stock Orthanc host[/]") as spinner:
+        host, port, aet = bench.ensure_stock(
+            debian, progress=lambda m: spinner.update(f"[bold]stock:[/] {m}")
+        )
+    data = {
+        "container": bench.STOCK_CONTAINER,
+        "host": host,
+        "port": port,
+        "aet": aet,
+        "orthanc_version": bench.stock_version(),
+    }
+    if fmt == "json":
+        typer.echo(json.dumps(data, indent=2))
+    else:
+        out.print(
+            f"{bench.STOCK_CONTAINER}: Orthanc {data['orthanc_version']} at "
+            f"{host}:{port}, AE title {aet} — `pacsctl bench ingest --target {host}:{port} "
+            f"--aet {aet} --calling-aet {bench.CALLING_AET}`"
+        )
+
+
+@app.command("clean")
+def clean_cmd() -> None:
+    """Remove the stock benchmark host, its volume and network (pacs-bench-*)."""
+    for line in bench.clean() or ["nothing to remove"]:
+        console.print(line)
