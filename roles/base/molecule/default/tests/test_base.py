@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
+from pathlib import Path
 
 import pytest
-from pacs_testlib import address_of, lab_host, run_check_mode, tcp_connects
+from pacs_testlib import address_of, lab_host, run_check_mode, run_playbook, tcp_connects
 
 SERVER = "pacs-mol-base-server"
 CLIENT = "pacs-mol-base-client"
@@ -43,6 +46,26 @@ def test_undeclared_port_is_closed_to_another_host(listeners):
     assert tcp_connects(listeners, "127.0.0.1", 8081)
     # ...but the firewall keeps it from the network.
     assert not tcp_connects(lab_host(CLIENT), address_of(listeners), 8081)
+
+
+def _converge_server(ports: list[dict[str, object]]) -> None:
+    converge = str(Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"]) / "converge.yml")
+    extra = json.dumps({"base_firewall_host_ports": ports})
+    rc, out = run_playbook(converge, "--limit", SERVER, "-e", extra)
+    assert rc == 0, out[-3000:]
+
+
+def test_a_port_declared_on_a_running_firewall_opens_and_closes(listeners):
+    """A rerun that declares a port loads it at once, and a rerun without it closes it."""
+    client, server_ip = lab_host(CLIENT), address_of(listeners)
+    probe = {"name": "probe", "port": 8080, "proto": "tcp"}
+    try:
+        _converge_server([probe, {"name": "late", "port": 8081, "proto": "tcp"}])
+        assert tcp_connects(client, server_ip, 8081)
+    finally:
+        _converge_server([probe])
+    assert not tcp_connects(client, server_ip, 8081)
+    assert tcp_connects(client, server_ip, 8080)
 
 
 def test_firewall_is_default_deny(host):
