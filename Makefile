@@ -22,6 +22,9 @@ export CONTAINERS_CONF := $(ROOT)/.config/containers/containers.conf
 export ANSIBLE_CONFIG := $(ROOT)/ansible.cfg
 export PATH := $(BIN):$(PATH)
 
+# pynetdicom's demo apps, removed from .venv/bin (see the venv target).
+PYNETDICOM_APPS := echoscp echoscu findscu getscu movescu qrscp storescp storescu
+
 # Every Molecule scenario: one per role, then the whole-stack ones.
 ROLE_SCENARIOS := $(sort $(wildcard roles/*/molecule/*/molecule.yml))
 STACK_SCENARIOS := $(sort $(wildcard molecule/*/molecule.yml))
@@ -53,6 +56,9 @@ $(BIN)/pacsctl: requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@# pynetdicom installs demo apps named like dcmtk's tools (storescu, findscu, ...);
+	@# with .venv/bin first on PATH they would shadow the real dcmtk that tests drive.
+	rm -f $(addprefix $(BIN)/,$(PYNETDICOM_APPS))
 	@touch $@
 
 lock: ## Re-pin requirements.txt from requirements.in (in a scratch venv)

@@ -103,3 +103,10 @@ def test_containers_conf_sets_runc_and_ulimits_within_hard_limits():
     assert "nofile=1024:4096" in conf
     env = lab.podman_env()
     assert env["CONTAINERS_CONF"].endswith(".config/containers/containers.conf")
+
+
+def test_the_virtualenv_does_not_shadow_dcmtk():
+    """pynetdicom's demo apps share dcmtk's names; the Makefile removes them from .venv/bin."""
+    venv_bin = Path(sys.executable).parent
+    for name in ("storescu", "storescp", "findscu", "movescu", "echoscu"):
+        assert not (venv_bin / name).exists(), f"{venv_bin / name} would shadow dcmtk's {name}"
