@@ -34,32 +34,38 @@ def test_new_tokens_are_valid_uid_components():
     assert len(token) == 16 and token.isdigit() and token[0] != "0"
 
 
-@pytest.mark.skipif(shutil.which("storescp") is None, reason="needs dcmtk's storescp")
-def test_tiny_ingest_against_storescp(tmp_path):
+def _storescp(inbox, *options):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    inbox = tmp_path / "in"
-    inbox.mkdir()
     proc = subprocess.Popen(
-        ["storescp", "--fork", "-od", str(inbox), "-aet", "SINK", str(port)],
+        ["storescp", "--fork", "-od", str(inbox), "-aet", "SINK", *options, str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return proc, port
+
+
+@pytest.mark.skipif(shutil.which("storescp") is None, reason="needs dcmtk's storescp")
+@pytest.mark.parametrize("sender", bench.SENDERS)
+def test_tiny_ingest_against_storescp(tmp_path, sender):
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    proc, port = _storescp(inbox)
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
         pool = bench.ct_pool(20, tmp_path / "cache", size=64)
         ticks: list[int] = []
         with bench.run_files(pool, tmp_path / "cache") as files:
             result = bench.run_ingest(
                 files, "127.0.0.1", port, "SINK", "PACSBENCH", associations=2,
-                progress=ticks.append,
+                progress=ticks.append, sender=sender,
             )  # fmt: skip
         assert not list((tmp_path / "cache" / "runs").iterdir())  # run copies removed
     finally:
@@ -72,3 +78,21 @@ def test_tiny_ingest_against_storescp(tmp_path):
     assert len(list(inbox.iterdir())) == 20
     data = result.as_dict()
     assert data["images_per_s"] > 0 and data["errors"] == []
+
+
+@pytest.mark.skipif(shutil.which("storescp") is None, reason="needs dcmtk's storescp")
+@pytest.mark.parametrize("sender", bench.SENDERS)
+def test_an_archive_that_refuses_everything_is_an_error_not_a_rate(tmp_path, sender):
+    proc, port = _storescp(tmp_path, "--refuse")
+    try:
+        pool = bench.ct_pool(4, tmp_path / "cache", size=32)
+        with (
+            bench.run_files(pool, tmp_path / "cache") as files,
+            pytest.raises(bench.UserError, match="no instance was stored"),
+        ):
+            bench.run_ingest(
+                files, "127.0.0.1", port, "SINK", "PACSBENCH", associations=2, sender=sender
+            )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -8,10 +8,14 @@ Method (docs/performance.md):
 2. **Fresh UIDs for every run.** Before the clock starts, the pool is copied with the
    token replaced by a new one (same length, so no DICOM length changes): an archive
    never sees a duplicate, which it would skip without storing.
-3. **N worker processes, one association each.** Processes, not threads: each
-   C-STORE costs Python CPU. Every worker opens its association, then all wait at a
-   barrier; the clock runs from the first C-STORE to the last response, over all
-   workers. Files are sent as they are on disk (no re-encoding).
+3. **N senders, one association each.** By default each sender is a dcmtk
+   ``storescu`` process (``--sender dcmtk``): C++, a few milliseconds of CPU per
+   image, so the harness is not the limit. The clock runs from the start of the
+   first process to the exit of the last (association setup included, a few
+   milliseconds). ``--sender python`` uses pynetdicom worker processes instead:
+   every worker opens its association, all wait at a barrier, and the clock runs
+   from the first C-STORE to the last response. Either way, each sender has
+   ``TCP_NODELAY`` set.
 4. **Counters.** When the archive is a lab container, the archive process's CPU time
    and disk writes are read from ``/proc`` before and after, with the machine's CPU
    split (user, system, iowait, idle), and the workers' own CPU time.
@@ -27,8 +31,10 @@ import json
 import multiprocessing as mp
 import os
 import queue
+import resource
 import shutil
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -53,6 +59,8 @@ STOCK_HOST = "stock"
 STOCK_CONTAINER = f"{STOCK_LAB}-{STOCK_HOST}"
 STOCK_AET = "ORTHANC"  # Debian's orthanc.json: "DicomAet" : "ORTHANC"
 CALLING_AET = "PACSBENCH"
+#: How the C-STOREs are sent: dcmtk storescu processes, or pynetdicom processes.
+SENDERS = ("dcmtk", "python")
 
 
 # ------------------------------------------------------------------------- pool
@@ -233,14 +241,25 @@ def run_ingest(
     label: str = "target",
     progress: Callable[[int], None] | None = None,
     counters: ServerCounters | None = None,
+    sender: str = "dcmtk",
 ) -> IngestResult:
     """Send ``paths`` over ``associations`` parallel associations, one process each."""
     if associations < 1:
         raise UserError("--associations must be 1 or more")
     if not paths:
         raise UserError("--instances must be 1 or more")
+    if sender not in SENDERS:
+        raise UserError(f"--sender {sender}: use one of {', '.join(SENDERS)}")
     associations = min(associations, len(paths))
     shares = [[str(p) for p in paths[i::associations]] for i in range(associations)]
+    if sender == "dcmtk":
+        return _run_storescu(
+            shares,
+            (host, port, called_aet, calling_aet),
+            label=label,
+            progress=progress,
+            counters=counters,
+        )
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(associations)
     ticks = ctx.Queue()
@@ -285,6 +304,133 @@ def run_ingest(
         bytes=sum(r["bytes"] for r in collected),
         seconds=seconds,
         client_cpu_seconds=sum(r["cpu_seconds"] for r in collected),
+        errors=errors[:5],
+        server=server,
+    )
+
+
+#: storescu -v logs one of these per C-STORE response, with its status.
+_RESPONSE = b"I: Received Store Response ("
+_SENDING = b"I: Sending file: "
+_RESPONSE_OK = (b"I: Received Store Response (Success", b"I: Received Store Response (Warning")
+
+
+def _stored(lines: list[bytes]) -> tuple[int, int]:
+    """Instances and bytes that storescu's log shows stored (response after each file)."""
+    ok = nbytes = 0
+    current: Path | None = None
+    for line in lines:
+        if line.startswith(_SENDING):
+            current = Path(line[len(_SENDING) :].decode(errors="replace"))
+        elif line.startswith(_RESPONSE_OK) and current is not None:
+            ok += 1
+            nbytes += current.stat().st_size
+            current = None
+    return ok, nbytes
+
+
+def _run_storescu(
+    shares: list[list[str]],
+    where: tuple[str, int, str, str],
+    *,
+    label: str,
+    progress: Callable[[int], None] | None,
+    counters: ServerCounters | None,
+) -> IngestResult:
+    """One dcmtk ``storescu`` process per association, all started at once.
+
+    ``-v`` makes storescu log each response with its status: the stored and failed
+    counts come from there, and an instance without a response counts as failed.
+    """
+    storescu = shutil.which("storescu")
+    if storescu is None:
+        raise UserError(
+            "dcmtk's storescu is not on PATH. Fix: `make prereqs` (apt package dcmtk), "
+            "or pass --sender python"
+        )
+    host, port, called, calling = where
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    with tempfile.TemporaryDirectory(prefix="pacs-bench-storescu-") as tmp:
+        logs = [Path(tmp) / f"association-{i}.log" for i in range(len(shares))]
+        usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        before = counters.sample() if counters else None
+        start = time.monotonic()
+        procs = []
+        for share, log in zip(shares, logs, strict=True):
+            with log.open("wb") as sink:
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            storescu,
+                            "-v",
+                            "-nh",
+                            "-to",
+                            "120",
+                            "-ta",
+                            "120",
+                            "-td",
+                            "120",
+                            "-aet",
+                            calling,
+                            "-aec",
+                            called,
+                            host,
+                            str(port),
+                            *share,
+                        ],
+                        stdout=sink,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                    )
+                )
+        seen = [0] * len(procs)
+        while True:
+            running = any(p.poll() is None for p in procs)
+            for i, log in enumerate(logs):
+                count = log.read_bytes().count(_RESPONSE)
+                if progress is not None and count > seen[i]:
+                    progress(count - seen[i])
+                seen[i] = count
+            if not running:
+                break
+            time.sleep(0.2)
+        seconds = time.monotonic() - start
+        after = counters.sample() if counters else None
+        usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        sent = nbytes = 0
+        errors: list[str] = []
+        for share, log, proc in zip(shares, logs, procs, strict=True):
+            lines = log.read_bytes().splitlines()
+            ok, stored_bytes = _stored(lines)
+            sent += ok
+            nbytes += stored_bytes
+            if ok < len(share):
+                bad = [line for line in lines if line.startswith((b"E:", b"F:", b"W:"))]
+                bad += [
+                    line
+                    for line in lines
+                    if line.startswith(_RESPONSE) and not line.startswith(_RESPONSE_OK)
+                ]
+                detail = b"; ".join(bad[:3]).decode(errors="replace") or "no response"
+                errors.append(
+                    f"storescu {logs.index(log)} (exit {proc.returncode}): "
+                    f"{len(share) - ok} of {len(share)} not stored: {detail}"
+                )
+    total = sum(len(share) for share in shares)
+    if sent == 0 and errors:
+        raise UserError(f"no instance was stored: {errors[0]}")
+    server = counters.delta(before, after, seconds) if counters and before and after else {}
+    return IngestResult(
+        label=label,
+        target=f"{called}@{host}:{port}",
+        associations=len(shares),
+        instances=total,
+        sent=sent,
+        failed=total - sent,
+        bytes=nbytes,
+        seconds=seconds,
+        client_cpu_seconds=(usage1.ru_utime - usage0.ru_utime)
+        + (usage1.ru_stime - usage0.ru_stime),
         errors=errors[:5],
         server=server,
     )

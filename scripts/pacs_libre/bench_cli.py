@@ -68,6 +68,11 @@ def ingest_cmd(
     debian: str = typer.Option(
         lab.DEFAULT_DEBIAN, "--debian", help="Debian release of the stock host (13 or 12)."
     ),
+    sender: str = typer.Option(
+        "dcmtk",
+        "--sender",
+        help="dcmtk: storescu processes (fast, the default); python: pynetdicom processes.",
+    ),
     size: int = typer.Option(512, "--size", help="CT matrix (rows = columns).", hidden=True),
     cache: Path | None = typer.Option(
         None, "--cache", help="Where the instance pool lives (default: the pacs-libre cache)."
@@ -83,6 +88,8 @@ def ingest_cmd(
     if size < 16 or size > 4096:
         raise UserError(f"--size {size}: use 16 to 4096")
     lab.ImageRecipe.for_debian(debian)  # a bad --debian fails before any work
+    if sender not in bench.SENDERS:
+        raise UserError(f"--sender {sender}: use one of {', '.join(bench.SENDERS)}")
     where = resolve_target(target, aet, calling_aet, inventory)
     pool_cache = cache or lab.cache_dir() / "bench"
     with _progress() as bar:
@@ -94,7 +101,16 @@ def ingest_cmd(
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     first = "pacs-libre" if baseline else "target"
-    runs = [_one_run(first, where, pool=pool, pool_cache=pool_cache, associations=associations)]
+    runs = [
+        _one_run(
+            first,
+            where,
+            pool=pool,
+            pool_cache=pool_cache,
+            associations=associations,
+            sender=sender,
+        )
+    ]
     if baseline:
         with console.status("[bold]stock Orthanc host[/]") as spinner:
             host, port, stock_aet = bench.ensure_stock(
@@ -109,6 +125,7 @@ def ingest_cmd(
                 pool_cache=pool_cache,
                 associations=associations,
                 container=bench.STOCK_CONTAINER,
+                sender=sender,
             )
         )
         runs[-1].server["orthanc_version"] = bench.stock_version()
@@ -138,6 +155,7 @@ def _one_run(
     pool_cache: Path,
     associations: int,
     container: str | None = None,
+    sender: str = "dcmtk",
 ) -> bench.IngestResult:
     counters = None
     name = container or (
@@ -160,6 +178,7 @@ def _one_run(
             label=label,
             progress=lambda n: bar.advance(task, n),
             counters=counters,
+            sender=sender,
         )
 
 
