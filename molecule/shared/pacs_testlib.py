@@ -5,11 +5,13 @@ Each scenario's tests/conftest.py puts this folder on sys.path.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import testinfra
 
@@ -102,3 +104,130 @@ def run_playbook(playbook: str, *args: str, inventories: Sequence[str] = ()) -> 
         env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"},
     )
     return proc.returncode, proc.stdout + proc.stderr
+
+
+def dcmtk(tool: str) -> str:
+    """Path of a dcmtk command (``echoscu``, ``storescu``...) from Debian's dcmtk.
+
+    The virtualenv may hold Python tools of the same names (pynetdicom's apps) first
+    on PATH; the verifiers drive the system with dcmtk, which nobody here wrote.
+    """
+    for folder in ("/usr/bin", "/usr/local/bin"):
+        path = Path(folder) / tool
+        if path.exists():
+            return str(path)
+    raise FileNotFoundError(f"{tool} not found: install Debian's dcmtk (make prereqs)")
+
+
+class ExecTunnel:
+    """A local TCP port that reaches ``127.0.0.1:port`` inside a container.
+
+    For services that listen for their own host only (Orthanc's HTTP). A small
+    forwarder runs on this machine inside the container's network namespace
+    (``nsenter -n``, as root) and listens on a Unix socket; each connection to the
+    local port goes through it to the service's loopback, so that a real client on
+    this machine (dicomweb-client) talks to the service as a local process would.
+    Use as a context manager; ``.url`` is http://127.0.0.1:N.
+    """
+
+    FORWARDER = (
+        "import os,socket,sys,threading\n"
+        "path,port=sys.argv[1],int(sys.argv[2])\n"
+        "srv=socket.socket(socket.AF_UNIX); srv.bind(path); srv.listen(64)\n"
+        "def pump(a,b):\n"
+        "    try:\n"
+        "        while (d:=a.recv(1<<20)): b.sendall(d)\n"
+        "    except OSError: pass\n"
+        "    try: b.shutdown(socket.SHUT_WR)\n"
+        "    except OSError: pass\n"
+        "while True:\n"
+        "    c,_=srv.accept(); t=socket.create_connection(('127.0.0.1',port))\n"
+        "    threading.Thread(target=pump,args=(c,t),daemon=True).start()\n"
+        "    threading.Thread(target=pump,args=(t,c),daemon=True).start()\n"
+    )
+
+    def __init__(self, container: str, port: int) -> None:
+        import socket  # noqa: PLC0415
+        import tempfile  # noqa: PLC0415
+
+        self.container, self.port = container, port
+        self._dir = tempfile.mkdtemp(prefix="pacs-tunnel-")
+        self._path = f"{self._dir}/sock"
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.local_port = self._server.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.local_port}"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> ExecTunnel:
+        import threading  # noqa: PLC0415
+        import time  # noqa: PLC0415
+
+        pid = subprocess.run(
+            ["podman", "inspect", "-f", "{{.State.Pid}}", self.container],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        self._proc = subprocess.Popen(
+            [
+                "nsenter",
+                "-t",
+                pid,
+                "-n",
+                "python3",
+                "-c",
+                self.FORWARDER,
+                self._path,
+                str(self.port),
+            ]
+        )
+        for _ in range(50):
+            if Path(self._path).exists():
+                break
+            time.sleep(0.1)
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        import shutil  # noqa: PLC0415
+
+        self._server.close()
+        if self._proc:
+            self._proc.terminate()
+            self._proc.wait(timeout=10)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def _accept(self) -> None:
+        import socket  # noqa: PLC0415
+        import threading  # noqa: PLC0415
+
+        def pump(src: Any, dst: Any) -> None:
+            try:
+                while data := src.recv(1 << 20):
+                    dst.sendall(data)
+            except OSError:
+                pass
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            inner = socket.socket(socket.AF_UNIX)
+            inner.connect(self._path)
+            threading.Thread(target=pump, args=(conn, inner), daemon=True).start()
+            threading.Thread(target=pump, args=(inner, conn), daemon=True).start()
+
+
+def orthanc_credentials(host: testinfra.host.Host) -> tuple[str, str]:
+    """The administrator's HTTP account, read from the archive's orthanc.json (as root)."""
+    import json  # noqa: PLC0415
+
+    text = host.check_output("cat /etc/orthanc/orthanc.json")
+    config = json.loads(
+        "".join(line for line in text.splitlines(True) if not line.lstrip().startswith("//"))
+    )
+    user, password = next(iter(config["RegisteredUsers"].items()))
+    return str(user), str(password)

@@ -1,0 +1,133 @@
+"""The archive on a real systemd host: declared nodes only, and Orthanc answers them.
+
+dcmtk's echoscu runs on this machine, which the container sees as its gateway:
+the address the scenario declares for its test nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+from pacs_testlib import address_of, dcmtk, lab_host
+
+HOST = "pacs-mol-orthanc-d13"
+AET = "MOLARCHIVE"
+
+testinfra_hosts = [f"podman://{HOST}"]
+
+
+def echo(calling: str, called: str = AET, port: int = 4242) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            dcmtk("echoscu"),
+            "-to",
+            "10",
+            "-aet",
+            calling,
+            "-aec",
+            called,
+            address_of(lab_host(HOST)),
+            str(port),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_a_declared_modality_is_answered():
+    result = echo("MOLMODALITY")
+    assert result.returncode == 0, result.stderr
+
+
+def test_an_unknown_ae_title_is_refused():
+    result = echo("INTRUDER")
+    assert result.returncode != 0
+    assert "Calling AE Title Not Recognized" in result.stderr
+
+
+def test_a_wrong_called_ae_title_is_refused():
+    result = echo("MOLMODALITY", called="NOTTHEARCHIVE")
+    assert result.returncode != 0
+    assert "Called AE Title Not Recognized" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def system(host):
+    config = json.loads(
+        "".join(
+            line
+            for line in host.check_output("cat /etc/orthanc/orthanc.json").splitlines(True)
+            if not line.lstrip().startswith("//")
+        )
+    )
+    users = config["RegisteredUsers"]
+    user, password = next(iter(users.items()))
+    out = host.check_output(
+        "python3 -c 'import base64,sys,urllib.request as u;"
+        'r=u.Request("http://127.0.0.1:8042/plugins");'
+        'r.add_header("Authorization","Basic "+base64.b64encode(sys.argv[1].encode()).decode());'
+        "print(u.urlopen(r).read().decode())' %s",
+        f"{user}:{password}",
+    )
+    return config, json.loads(out)
+
+
+def test_index_in_postgresql_and_plugins_loaded(system):
+    config, plugins = system
+    assert {"postgresql-index", "dicom-web", "python"} <= set(plugins)
+    assert config["PostgreSQL"]["EnableIndex"] is True
+    assert config["PostgreSQL"]["EnableSsl"] is True
+
+
+def test_index_connection_uses_tls(host):
+    out = host.check_output(
+        "runuser -u postgres -- psql -Atc "
+        '"SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) '
+        "WHERE usename = 'orthanc' AND ssl\""
+    )
+    assert int(out) >= 1
+
+
+def test_http_refuses_remote_clients(host):
+    # Orthanc listens on every address but answers only this host (RemoteAccessAllowed
+    # false), and the firewall does not open the port.
+    ruleset = host.check_output("nft list ruleset")
+    assert "dport 8042" not in ruleset
+    assert "dport 4242" in ruleset
+
+
+def test_service_runs_sandboxed(host):
+    assert host.service("orthanc").is_running
+    show = host.check_output(
+        "systemctl show orthanc -p NoNewPrivileges -p ProtectSystem -p ReadWritePaths -p User"
+        " -p Environment"
+    )
+    # Nagle's algorithm off on the DICOM port (docs/performance.md).
+    assert "TCP_NODELAY=1" in show
+    assert "NoNewPrivileges=yes" in show
+    assert "ProtectSystem=strict" in show
+    assert "/srv/pacs/orthanc" in show
+    assert "User=orthanc" in show
+    # The sandbox holds where systemd can build it (CAP_SYS_ADMIN in PID 1: real
+    # servers and VMs): in the service's view of the files, / is read-only and
+    # its storage writable. A lab container cannot give a mount namespace.
+    caps = int(host.check_output("awk '/^CapBnd:/ {print $2}' /proc/1/status"), 16)
+    if not caps & (1 << 21):
+        pytest.skip("no CAP_SYS_ADMIN in this container: systemd cannot build the sandbox")
+    pid = host.check_output("systemctl show -p MainPID --value orthanc")
+    mounts = {
+        fields[4]: fields[5]
+        for fields in (
+            line.split() for line in host.check_output(f"cat /proc/{pid}/mountinfo").splitlines()
+        )
+    }
+    assert mounts["/"].startswith("ro")
+    assert mounts["/srv/pacs/orthanc"].startswith("rw")
+
+
+def test_dicom_tls_is_served(host):
+    assert host.service("stunnel@pacs-dicom-tls").is_running
+    assert host.socket("tcp://0.0.0.0:2762").is_listening

@@ -1,0 +1,129 @@
+"""The parts of orthanc.json that the orthanc role builds from the inventory."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROLE = Path(__file__).resolve().parents[1] / "roles/orthanc"
+_spec = importlib.util.spec_from_file_location(
+    "orthanc_config", ROLE / "filter_plugins/orthanc_config.py"
+)
+assert _spec and _spec.loader
+config = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(config)
+
+NODES = [
+    {"name": "ct", "kind": "modality", "aet": "CT_URG", "host": "10.0.0.1", "port": 104},
+    {
+        "name": "horos",
+        "kind": "workstation",
+        "aet": "HOROS1",
+        "host": "10.0.0.2",
+        "port": 11112,
+        "rights": ["echo", "find", "move"],
+    },
+    {
+        "name": "site-b",
+        "kind": "peer",
+        "aet": "PACS_B",
+        "host": "10.9.0.1",
+        "port": 4242,
+        "tls": True,
+    },
+]
+
+
+def test_each_node_has_its_own_rights():
+    modalities = config.orthanc_modalities(NODES)
+    ct, horos = modalities["ct"], modalities["horos"]
+    assert (ct["AET"], ct["Host"], ct["Port"]) == ("CT_URG", "10.0.0.1", 104)
+    # Default rights: a modality echoes and stores, nothing else.
+    assert ct["AllowStore"] and ct["AllowEcho"]
+    assert not (ct["AllowFind"] or ct["AllowMove"] or ct["AllowGet"])
+    assert horos["AllowFind"] and horos["AllowMove"]
+    assert not (horos["AllowStore"] or horos["AllowGet"])
+
+
+def test_a_tls_node_is_reached_through_its_local_tunnel():
+    site_b = config.orthanc_modalities(NODES, 11200)["site-b"]
+    assert (site_b["Host"], site_b["Port"]) == ("127.0.0.1", 11200)
+
+
+def test_an_unknown_right_is_refused():
+    with pytest.raises(ValueError, match="unknown rights"):
+        config.orthanc_modalities([{**NODES[0], "rights": ["store", "delete"]}])
+
+
+def test_routing_rules_as_the_service_reads_them():
+    rules = config.orthanc_routing_rules(
+        [{"name": "cr", "destination": "horos", "modalities": ["CR"]}]
+    )
+    assert rules == [
+        {"Name": "cr", "Destination": "horos", "Modalities": ["CR"], "CallingAets": [], "Tags": {}}
+    ]
+
+
+CHECKER = ROLE / "templates/pacs-orthanc-check-config.j2"
+
+
+def _checker(tmp_path: Path) -> Path:
+    # The template's only Jinja is the managed header.
+    script = tmp_path / "check"
+    script.write_text(
+        "\n".join(line for line in CHECKER.read_text().splitlines() if "{{" not in line) + "\n"
+    )
+    return script
+
+
+def _check(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
+    candidate = tmp_path / "orthanc.json"
+    candidate.write_text(text)
+    return subprocess.run(
+        [sys.executable, str(_checker(tmp_path)), str(candidate)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+GOOD = {
+    "DicomAet": "PACS_CHX",
+    "DicomPort": 4242,
+    "HttpPort": 8042,
+    "Plugins": [],
+    "DicomModalities": config.orthanc_modalities(NODES),
+    "PostgreSQL": {"EnableIndex": True, "Password": "x"},
+}
+
+
+def test_the_checker_accepts_a_good_file_with_comments(tmp_path: Path):
+    result = _check(tmp_path, "// managed\n" + json.dumps(GOOD))
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"DicomAet": "pacs with space"}, "DicomAet"),
+        ({"DicomPort": "4242"}, "DicomPort"),
+        ({"Plugins": ["/nowhere/libX.so"]}, "does not exist"),
+        ({"DicomModalities": "{'ct': {}}"}, "not an object"),
+        ({"PostgreSQL": {"EnableIndex": True, "Password": ""}}, "Password is empty"),
+    ],
+)
+def test_the_checker_refuses_what_would_keep_orthanc_down(tmp_path: Path, change, message):
+    result = _check(tmp_path, json.dumps({**GOOD, **change}))
+    assert result.returncode == 1
+    assert message in result.stderr
+
+
+def test_the_checker_refuses_broken_json(tmp_path: Path):
+    result = _check(tmp_path, '{"DicomAet": "X",}')
+    assert result.returncode == 1
+    assert "not valid JSON" in result.stderr
