@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
-import time
 
 import pytest
 from pydicom import dcmread
 
+from dcmtk_servers import storescp
 from pacs_libre import bench
 
 
@@ -34,43 +32,22 @@ def test_new_tokens_are_valid_uid_components():
     assert len(token) == 16 and token.isdigit() and token[0] != "0"
 
 
-def _storescp(inbox, *options):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    proc = subprocess.Popen(
-        ["storescp", "--fork", "-od", str(inbox), "-aet", "SINK", *options, str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    return proc, port
-
-
 @pytest.mark.skipif(shutil.which("storescp") is None, reason="needs dcmtk's storescp")
 @pytest.mark.parametrize("sender", bench.SENDERS)
 def test_tiny_ingest_against_storescp(tmp_path, sender):
     inbox = tmp_path / "in"
     inbox.mkdir()
-    proc, port = _storescp(inbox)
-    try:
-        pool = bench.ct_pool(20, tmp_path / "cache", size=64)
-        ticks: list[int] = []
-        with bench.run_files(pool, tmp_path / "cache") as files:
-            result = bench.run_ingest(
-                files, "127.0.0.1", port, "SINK", "PACSBENCH", associations=2,
-                progress=ticks.append, sender=sender,
-            )  # fmt: skip
-        assert not list((tmp_path / "cache" / "runs").iterdir())  # run copies removed
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    pool = bench.ct_pool(20, tmp_path / "cache", size=64)
+    ticks: list[int] = []
+    with (
+        storescp(inbox, "SINK", "--fork") as port,
+        bench.run_files(pool, tmp_path / "cache") as files,
+    ):
+        result = bench.run_ingest(
+            files, "127.0.0.1", port, "SINK", "PACSBENCH", associations=2,
+            progress=ticks.append, sender=sender,
+        )  # fmt: skip
+    assert not list((tmp_path / "cache" / "runs").iterdir())  # run copies removed
     assert (result.sent, result.failed, result.associations) == (20, 0, 2)
     assert sum(ticks) == 20
     assert result.seconds > 0 and result.images_per_s > 0 and result.mb_per_s > 0
@@ -83,16 +60,12 @@ def test_tiny_ingest_against_storescp(tmp_path, sender):
 @pytest.mark.skipif(shutil.which("storescp") is None, reason="needs dcmtk's storescp")
 @pytest.mark.parametrize("sender", bench.SENDERS)
 def test_an_archive_that_refuses_everything_is_an_error_not_a_rate(tmp_path, sender):
-    proc, port = _storescp(tmp_path, "--refuse")
-    try:
-        pool = bench.ct_pool(4, tmp_path / "cache", size=32)
-        with (
-            bench.run_files(pool, tmp_path / "cache") as files,
-            pytest.raises(bench.UserError, match="no instance was stored"),
-        ):
-            bench.run_ingest(
-                files, "127.0.0.1", port, "SINK", "PACSBENCH", associations=2, sender=sender
-            )
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    pool = bench.ct_pool(4, tmp_path / "cache", size=32)
+    with (
+        storescp(tmp_path, "SINK", "--fork", "--refuse") as port,
+        bench.run_files(pool, tmp_path / "cache") as files,
+        pytest.raises(bench.UserError, match="no instance was stored"),
+    ):
+        bench.run_ingest(
+            files, "127.0.0.1", port, "SINK", "PACSBENCH", associations=2, sender=sender
+        )

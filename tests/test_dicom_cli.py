@@ -4,36 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
+from dcmtk_servers import storescp
 from pacs_libre.cli import main
 from pacs_libre.dicom_cli import parse_date, parse_hostport, resolve_target
 from pacs_libre.errors import UserError
 
 NO_LAB = ["--inventory", "/nonexistent/inventory"]
 NO_LAB_PATH = Path("/nonexistent/inventory")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("server did not listen")
 
 
 @pytest.mark.parametrize(
@@ -87,16 +68,9 @@ def test_synth_then_send_then_echo(tmp_path, capsys):
     assert main([*args, "--format", "json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["instances"] == 3 and summary["patient_name"] == "DUPRÉ^Hélène"
-    port = free_port()
     inbox = tmp_path / "in"
     inbox.mkdir()
-    proc = subprocess.Popen(
-        ["storescp", "-od", str(inbox), "-aet", "SCP", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_port(port)
+    with storescp(inbox, "SCP") as port:
         where = ["--target", f"127.0.0.1:{port}", "--aet", "SCP", "--calling-aet", "ME"]
         assert main(["dicom", "send", str(tmp_path / "s"), *where, "--format", "json"]) == 0
         sent = json.loads(capsys.readouterr().out)
@@ -104,6 +78,3 @@ def test_synth_then_send_then_echo(tmp_path, capsys):
         assert len(list(inbox.iterdir())) == 3
         assert main(["dicom", "echo", *where]) == 0
         assert "success" in capsys.readouterr().out
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)

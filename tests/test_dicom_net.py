@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 
+import dcmtk_servers
 from pacs_libre.dicom import net, synth
 from pacs_libre.errors import UserError
 
@@ -19,25 +18,6 @@ pytestmark = pytest.mark.skipif(
     shutil.which("storescp") is None or shutil.which("dcmqrscp") is None,
     reason="needs dcmtk (storescp, dcmqrscp, storescu): apt-get install dcmtk",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("server did not listen")
 
 
 @pytest.fixture(scope="module")
@@ -49,25 +29,17 @@ def study(tmp_path_factory):
 @pytest.fixture
 def storescp(tmp_path):
     """A real dcmtk storage SCP on a free loopback port, writing into tmp_path/in."""
-    port = free_port()
     inbox = tmp_path / "in"
     inbox.mkdir()
-    proc = subprocess.Popen(
-        ["storescp", "--output-directory", str(inbox), "--aetitle", "STORESCP", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_port(port, proc)
-    yield port, inbox
-    proc.terminate()
-    proc.wait(timeout=10)
+    with dcmtk_servers.storescp(inbox) as port:
+        yield port, inbox
 
 
 @pytest.fixture(scope="module")
 def qrscp(tmp_path_factory, study):
     """dcmtk's dcmqrscp with the study stored in it (by dcmtk's storescu)."""
     base = tmp_path_factory.mktemp("qr")
-    port = free_port()
+    port = dcmtk_servers.free_port()
     (base / "db").mkdir()
     (base / "locked").mkdir()
     (base / "dcmqrscp.cfg").write_text(
@@ -79,21 +51,14 @@ def qrscp(tmp_path_factory, study):
         f"LOCKED {base / 'locked'} RW (10, 10mb) known\n"
         "AETable END\n"
     )
-    proc = subprocess.Popen(
-        ["dcmqrscp", "--config", str(base / "dcmqrscp.cfg")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_port(port, proc)
-    files = [str(p) for p in study.paths]
-    subprocess.run(
-        ["storescu", "--aetitle", "LOADER", "--call", "QRSCP", "127.0.0.1", str(port), *files],
-        check=True,
-        capture_output=True,
-    )
-    yield port
-    proc.terminate()
-    proc.wait(timeout=10)
+    with dcmtk_servers.server(["dcmqrscp", "--config", str(base / "dcmqrscp.cfg")], port):
+        files = [str(p) for p in study.paths]
+        subprocess.run(
+            ["storescu", "--aetitle", "LOADER", "--call", "QRSCP", "127.0.0.1", str(port), *files],
+            check=True,
+            capture_output=True,
+        )
+        yield port
 
 
 def test_echo_answers(storescp):
@@ -125,7 +90,7 @@ def test_send_reports_a_broken_file_per_instance(storescp, study, tmp_path):
 
 
 def test_nothing_listening_is_one_clear_error():
-    port = free_port()
+    port = dcmtk_servers.free_port()
     with pytest.raises(UserError, match=f"nothing answers at 127.0.0.1:{port}"):
         net.echo("127.0.0.1", port, "ARCHIVE", "PACSCTL", timeout=3)
 
