@@ -203,6 +203,57 @@ def test_study_facts_reads_tags_modalities_and_sender():
     assert got.calling_aets == {"DX_SALLE1"}
 
 
+class JobApi:
+    """Orthanc's /modalities/{node}/store and /jobs/{id}, as answers in sequence."""
+
+    def __init__(self, *states: dict[str, Any]) -> None:
+        self.states = list(states)
+        self.posts: list[tuple[str, dict[str, Any]]] = []
+        self.waits = 0
+
+    def post(self, uri: str, body: str) -> dict[str, Any]:
+        self.posts.append((uri, json.loads(body)))
+        return {"ID": "j1", "Path": "/jobs/j1"}
+
+    def get(self, uri: str) -> dict[str, Any]:
+        assert uri == "/jobs/j1"
+        return self.states.pop(0) if len(self.states) > 1 else self.states[0]
+
+    def wait(self, _seconds: float) -> bool:
+        self.waits += 1
+        return False
+
+
+def test_a_study_is_sent_as_an_asynchronous_job_polled_until_it_ends():
+    api = JobApi(
+        {"State": "Pending"},
+        {"State": "Running"},
+        {"State": "Success", "Content": {"FailedInstancesCount": 0}},
+    )
+    routing.send_as_job(api.post, api.get, api.wait, "ws", "s1")
+    assert api.posts == [("/modalities/ws/store", {"Resources": ["s1"], "Synchronous": False})]
+    assert api.waits == 2  # the lock is released between polls, never held for the transfer
+
+
+@pytest.mark.parametrize(
+    ("final", "message"),
+    [
+        ({"State": "Failure", "ErrorDescription": "DICOM network error"}, "DICOM network error"),
+        ({"State": "Success", "Content": {"FailedInstancesCount": 3}}, "3 instance"),
+    ],
+)
+def test_a_failed_or_partial_job_is_a_failed_send(final: dict[str, Any], message: str):
+    api = JobApi({"State": "Running"}, final)
+    with pytest.raises(RuntimeError, match=message):
+        routing.send_as_job(api.post, api.get, api.wait, "ws", "s1")
+
+
+def test_orthanc_stopping_ends_the_wait_as_a_failure_to_retry():
+    api = JobApi({"State": "Running"})
+    with pytest.raises(RuntimeError, match="Orthanc stopped"):
+        routing.send_as_job(api.post, api.get, lambda _seconds: True, "ws", "s1")
+
+
 class FakeOrthanc:
     """A stand-in for the ``orthanc`` module at the plugin API boundary only."""
 
@@ -226,7 +277,7 @@ class FakeOrthanc:
 
     def RestApiPost(self, uri: str, body: str) -> str:
         self.posts.append((uri, json.loads(body)))
-        return json.dumps({"FailedInstancesCount": 0})
+        return json.dumps({"ID": "job-1", "Path": "/jobs/job-1"})
 
     def LogWarning(self, message: str) -> None:
         self.logs.append(message)

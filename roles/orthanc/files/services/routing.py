@@ -5,9 +5,12 @@ names a destination, a node of ``DicomModalities``, and a filter: the modalities
 the study's series, the AE titles that sent it, and regular expressions on its
 study and patient tags. When Orthanc says a study is stable (no new image for
 ``StableAge`` seconds), every matching rule puts a job in a queue. A worker thread
-sends the due jobs with a C-STORE (Orthanc's ``/modalities/{node}/store``), and
-on failure tries again later, waiting twice as long each time, up to
-``RetryMaxSeconds``, until ``MaxAttempts``; then the job stays, marked failed.
+sends the due jobs with a C-STORE (an asynchronous Orthanc job from
+``/modalities/{node}/store``, polled: a synchronous call would hold Python's
+global lock for the whole transfer, and every incoming C-STORE waits for that
+lock in the integrity service), and on failure tries again later, waiting twice
+as long each time, up to ``RetryMaxSeconds``, until ``MaxAttempts``; then the job
+stays, marked failed.
 
 The queue is a SQLite file in ``PacsLibre.StateDirectory``: a job written there
 survives a restart of Orthanc or of the server, and is sent when it is due.
@@ -255,6 +258,46 @@ class Router:
         return len(jobs)
 
 
+# ------------------------------------------------------------- sending, as a job
+
+#: Orthanc's job states that are not final.
+_JOB_RUNNING = {"Pending", "Running", "Retry", "Paused"}
+
+
+def send_as_job(
+    rest_post: Callable[[str, str], Any],
+    rest_get: Callable[[str], Any],
+    wait: Callable[[float], bool],
+    destination: str,
+    study: str,
+    *,
+    poll_seconds: float = 1.0,
+) -> None:
+    """C-STORE a study to a node through an asynchronous Orthanc job, and wait for it.
+
+    ``wait(seconds)`` sleeps (releasing Python's lock) and returns True when the
+    service must stop. Raises when the job fails, when any instance is refused,
+    or when Orthanc stops first (the queue then tries again after the restart).
+    """
+    body = json.dumps({"Resources": [study], "Synchronous": False})
+    job = rest_post(f"/modalities/{destination}/store", body)["ID"]
+    while True:
+        status = rest_get(f"/jobs/{job}")
+        state = status.get("State")
+        if state not in _JOB_RUNNING:
+            break
+        if wait(poll_seconds):
+            raise RuntimeError(f"Orthanc stopped while job {job} was {state}")
+    if state != "Success":
+        raise RuntimeError(
+            f"job {job} {state}: {status.get('ErrorDescription') or status.get('ErrorCode')}"
+            f" {status.get('ErrorDetails') or ''}".rstrip()
+        )
+    failed = int((status.get("Content") or {}).get("FailedInstancesCount", 0) or 0)
+    if failed > 0:
+        raise RuntimeError(f"{failed} instance(s) refused (job {job})")
+
+
 # ----------------------------------------------------------------- Orthanc boundary
 
 
@@ -287,11 +330,13 @@ def setup(orthanc: Any, settings: Mapping[str, Any]) -> None:
     def rest_get(uri: str) -> Any:
         return json.loads(orthanc.RestApiGet(uri))
 
+    def rest_post(uri: str, body: str) -> Any:
+        return json.loads(orthanc.RestApiPost(uri, body))
+
+    stop = threading.Event()
+
     def send(destination: str, study: str) -> None:
-        body = json.dumps({"Resources": [study], "Synchronous": True})
-        answer = json.loads(orthanc.RestApiPost(f"/modalities/{destination}/store", body))
-        if int(answer.get("FailedInstancesCount", 0) or 0) > 0:
-            raise RuntimeError(f"{answer['FailedInstancesCount']} instance(s) refused")
+        send_as_job(rest_post, rest_get, stop.wait, destination, study)
 
     router = Router(
         rules,
@@ -302,7 +347,6 @@ def setup(orthanc: Any, settings: Mapping[str, Any]) -> None:
         retry_max_seconds=float(config.get("RetryMaxSeconds", 3600)),
         log=orthanc.LogWarning,
     )
-    stop = threading.Event()
 
     def worker() -> None:
         while not stop.wait(2.0):
