@@ -6,9 +6,15 @@ Each scenario's tests/conftest.py puts this folder on sys.path.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
+import shutil
+import socket
 import subprocess
+import tempfile
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -147,9 +153,6 @@ class ExecTunnel:
     )
 
     def __init__(self, container: str, port: int) -> None:
-        import socket  # noqa: PLC0415
-        import tempfile  # noqa: PLC0415
-
         self.container, self.port = container, port
         self._dir = tempfile.mkdtemp(prefix="pacs-tunnel-")
         self._path = f"{self._dir}/sock"
@@ -159,9 +162,6 @@ class ExecTunnel:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> ExecTunnel:
-        import threading  # noqa: PLC0415
-        import time  # noqa: PLC0415
-
         pid = subprocess.run(
             ["podman", "inspect", "-f", "{{.State.Pid}}", self.container],
             capture_output=True,
@@ -189,8 +189,6 @@ class ExecTunnel:
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        import shutil  # noqa: PLC0415
-
         self._server.close()
         if self._proc:
             self._proc.terminate()
@@ -198,9 +196,6 @@ class ExecTunnel:
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def _accept(self) -> None:
-        import socket  # noqa: PLC0415
-        import threading  # noqa: PLC0415
-
         def pump(src: Any, dst: Any) -> None:
             try:
                 while data := src.recv(1 << 20):
@@ -221,13 +216,17 @@ class ExecTunnel:
             threading.Thread(target=pump, args=(inner, conn), daemon=True).start()
 
 
-def orthanc_credentials(host: testinfra.host.Host) -> tuple[str, str]:
-    """The administrator's HTTP account, read from the archive's orthanc.json (as root)."""
-    import json  # noqa: PLC0415
-
+def orthanc_config(host: testinfra.host.Host) -> dict[str, Any]:
+    """The archive's orthanc.json (as root), without its // comment lines."""
     text = host.check_output("cat /etc/orthanc/orthanc.json")
-    config = json.loads(
-        "".join(line for line in text.splitlines(True) if not line.lstrip().startswith("//"))
+    return dict(
+        json.loads(
+            "".join(line for line in text.splitlines(True) if not line.lstrip().startswith("//"))
+        )
     )
-    user, password = next(iter(config["RegisteredUsers"].items()))
+
+
+def orthanc_credentials(host: testinfra.host.Host) -> tuple[str, str]:
+    """The administrator's HTTP account, read from the archive's orthanc.json."""
+    user, password = next(iter(orthanc_config(host)["RegisteredUsers"].items()))
     return str(user), str(password)

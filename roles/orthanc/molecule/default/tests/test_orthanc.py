@@ -10,7 +10,7 @@ import json
 import subprocess
 
 import pytest
-from pacs_testlib import address_of, dcmtk, lab_host
+from pacs_testlib import address_of, dcmtk, lab_host, orthanc_config, orthanc_credentials
 
 HOST = "pacs-mol-orthanc-d13"
 AET = "MOLARCHIVE"
@@ -56,15 +56,8 @@ def test_a_wrong_called_ae_title_is_refused():
 
 @pytest.fixture(scope="module")
 def system(host):
-    config = json.loads(
-        "".join(
-            line
-            for line in host.check_output("cat /etc/orthanc/orthanc.json").splitlines(True)
-            if not line.lstrip().startswith("//")
-        )
-    )
-    users = config["RegisteredUsers"]
-    user, password = next(iter(users.items()))
+    config = orthanc_config(host)
+    user, password = orthanc_credentials(host)
     out = host.check_output(
         "python3 -c 'import base64,sys,urllib.request as u;"
         'r=u.Request("http://127.0.0.1:8042/plugins");'
