@@ -399,7 +399,7 @@ def _run_storescu(
         usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         sent = nbytes = 0
         errors: list[str] = []
-        for share, log, proc in zip(shares, logs, procs, strict=True):
+        for i, (share, log, proc) in enumerate(zip(shares, logs, procs, strict=True)):
             lines = log.read_bytes().splitlines()
             ok, stored_bytes = _stored(lines)
             sent += ok
@@ -413,7 +413,7 @@ def _run_storescu(
                 ]
                 detail = b"; ".join(bad[:3]).decode(errors="replace") or "no response"
                 errors.append(
-                    f"storescu {logs.index(log)} (exit {proc.returncode}): "
+                    f"storescu {i} (exit {proc.returncode}): "
                     f"{len(share) - ok} of {len(share)} not stored: {detail}"
                 )
     total = sum(len(share) for share in shares)
