@@ -28,6 +28,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, DEFAULT_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.association import Association
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 
 from pacs_libre.errors import UserError
 
@@ -210,6 +211,15 @@ def associate(
             rejection["source"] = int(primitive.result_source)
             rejection["reason"] = int(primitive.diagnostic)
 
+    # A peer may send its A-ASSOCIATE-RJ and close the connection at once
+    # (dcmqrscp does): the state machine can then see the close first and report
+    # an abort. The rejection PDU itself was still received and decoded: keep it.
+    def on_pdu(event: Any) -> None:
+        pdu = getattr(event, "pdu", None)
+        if isinstance(pdu, A_ASSOCIATE_RJ) and pdu.result in (1, 2):
+            rejection.setdefault("source", int(pdu.source or 0))
+            rejection.setdefault("reason", int(pdu.reason_diagnostic or 0))
+
     tls_args = None
     if tls is not None:
         context = tls.context() if isinstance(tls, TLSOptions) else tls
@@ -220,11 +230,11 @@ def associate(
         port,
         ae_title=called_aet,
         tls_args=tls_args,
-        evt_handlers=[(evt.EVT_ACSE_RECV, on_acse)],
+        evt_handlers=[(evt.EVT_ACSE_RECV, on_acse), (evt.EVT_PDU_RECV, on_pdu)],
     )
     where = _where(host, port, called_aet, calling_aet)
     if not assoc.is_established:
-        if assoc.is_rejected:
+        if assoc.is_rejected or rejection:
             raise UserError(_refusal(where, calling_aet, rejection))
         if not _reachable(host, port, min(timeout, 5.0)):
             raise UserError(
