@@ -81,8 +81,8 @@ lab-down: venv ## Remove the lab hosts (their volumes are kept)
 lint: venv ## yamllint, ansible-lint (production), ruff, mypy
 	yamllint --strict .
 	ansible-lint --profile production
-	ruff check scripts tests molecule roles
-	ruff format --check scripts tests molecule roles
+	ruff check scripts tests molecule roles plugins
+	ruff format --check scripts tests molecule roles plugins
 	mypy
 
 unit: venv ## pytest on tests/ (no tests found is a failure)

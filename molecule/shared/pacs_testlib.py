@@ -24,9 +24,22 @@ import testinfra
 RECAP = re.compile(r"^(?P<host>\S+)\s*:\s*ok=\d+\s+changed=(?P<changed>\d+)\s", re.M)
 
 
+def ssh_config() -> Path:
+    """The scenario's ssh config (its hosts' addresses, its key, their pinned host keys).
+
+    ``pacsctl lab scenario up`` writes it in Molecule's ephemeral folder at create.
+    """
+    return Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "ssh" / "config"
+
+
+def host_spec(name: str) -> str:
+    """A testinfra host spec that reaches ``name`` over SSH, as Ansible does."""
+    return f"ssh://{name}?ssh_config={ssh_config()}"
+
+
 def lab_host(name: str) -> testinfra.host.Host:
-    """A scenario host, reached the way the lab reaches it (podman exec)."""
-    return testinfra.get_host(f"podman://{name}")
+    """A scenario host, reached the way Ansible reaches it (SSH, the scenario's key)."""
+    return testinfra.get_host(host_spec(name))
 
 
 def address_of(host: testinfra.host.Host) -> str:

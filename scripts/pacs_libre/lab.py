@@ -4,7 +4,9 @@ The lab is what ``make lab`` builds: one container per inventory host, booted
 with systemd as PID 1 from a Debian root filesystem that ``debootstrap`` made
 (no container registry is reachable), on a podman network of its own, with one
 apt cache shared by every host of the same Debian release. Ansible then reaches
-the hosts through the ``containers.podman.podman`` connection.
+the hosts as hospitals reach their servers: over SSH at their podman network
+address, with pipelining, with the lab's own key pair and pinned host keys,
+kept beside the inventory (see ``lab_ssh``).
 
 Everything that podman needs on this machine (runc, ulimits within the hard
 limits) comes from the project's ``.config/containers/containers.conf``, named
@@ -16,6 +18,7 @@ and a name of its own, so the lab only ever touches what it made.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -31,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pacs_libre import lab_ssh
 from pacs_libre.errors import UserError
 
 LABEL = "org.pacs-libre.lab"
@@ -42,7 +46,8 @@ DEBIAN_RELEASES: dict[str, str] = {"13": "trixie", "12": "bookworm"}
 DEFAULT_DEBIAN = "13"
 
 #: Packages in the base image: what systemd needs to boot, and what Ansible needs to
-#: manage a host (python3, python3-apt for the apt module, sudo for become).
+#: manage a host (python3, python3-apt for the apt module, sudo for become, and
+#: openssh-server, which Ansible connects to).
 IMAGE_PACKAGES: tuple[str, ...] = (
     "systemd",
     "systemd-sysv",
@@ -52,6 +57,7 @@ IMAGE_PACKAGES: tuple[str, ...] = (
     "sudo",
     "iproute2",
     "ca-certificates",
+    "openssh-server",
 )
 
 #: Units that have no job in a container: masked in the image so the hosts boot to
@@ -68,7 +74,7 @@ IMAGE_MASKED_UNITS: tuple[str, ...] = (
 )
 
 #: Bump when the way the image is made changes in a way the recipe does not show.
-IMAGE_RECIPE_VERSION = 5
+IMAGE_RECIPE_VERSION = 6
 
 #: The hosts share one apt package cache, and apt refuses to work while another
 #: apt holds its lock there (it cannot wait for it). In the lab image only,
@@ -77,6 +83,22 @@ APT_GET_WRAPPER = """#!/bin/sh
 # pacs-libre lab image: the hosts share one apt cache; take turns using it.
 exec flock --wait 900 /var/cache/pacs-libre-apt/apt-get.lock /usr/bin/apt-get "$@"
 """
+
+#: Every host makes its own SSH host keys at first boot: keys baked into the image
+#: would be the same on every host, and pinning them would prove nothing.
+SSH_HOSTKEYS_UNIT = """[Unit]
+Description=pacs-libre lab: make this host's own SSH host keys at first boot
+Before=ssh.service
+ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=ssh.service
+"""
+SSH_HOSTKEYS_UNIT_NAME = "pacs-lab-ssh-hostkeys.service"
 
 Runner = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -180,6 +202,7 @@ class ImageRecipe:
                 "masked": sorted(self.masked_units),
                 "version": self.version,
                 "apt_get_wrapper": APT_GET_WRAPPER,
+                "ssh_hostkeys_unit": SSH_HOSTKEYS_UNIT,
             },
             sort_keys=True,
         )
@@ -327,6 +350,14 @@ def _prepare_rootfs(target: Path, recipe: ImageRecipe) -> None:
         'Binary::apt::APT::Keep-Downloaded-Packages "true";\n'
         'APT::Keep-Downloaded-Packages "true";\n'
     )
+    for host_key in (target / "etc/ssh").glob("ssh_host_*"):
+        host_key.unlink()
+    unit_file = target / "etc/systemd/system" / SSH_HOSTKEYS_UNIT_NAME
+    unit_file.write_text(SSH_HOSTKEYS_UNIT)
+    wants = target / "etc/systemd/system/ssh.service.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    (wants / SSH_HOSTKEYS_UNIT_NAME).unlink(missing_ok=True)
+    (wants / SSH_HOSTKEYS_UNIT_NAME).symlink_to(f"/etc/systemd/system/{SSH_HOSTKEYS_UNIT_NAME}")
     wrapper = target / "usr/local/bin/apt-get"
     wrapper.write_text(APT_GET_WRAPPER)
     wrapper.chmod(0o755)
@@ -370,6 +401,17 @@ class LabHost:
     #: (host_port, container_port, protocol) published on 127.0.0.1 only.
     ports: list[tuple[int, int, str]] = field(default_factory=list)
     endpoints: dict[str, Any] = field(default_factory=dict)
+    #: The image to boot; empty means the lab image of ``debian``.
+    image: str = ""
+    #: A volume of its own on /srv (lab hosts keep their data through a recreate).
+    srv_volume: bool = True
+    #: More volumes (``SRC:DEST``) and capabilities (Molecule platforms name theirs).
+    volumes: list[str] = field(default_factory=list)
+    capabilities: list[str] = field(default_factory=lambda: ["NET_ADMIN"])
+
+    @property
+    def image_name(self) -> str:
+        return self.image or ImageRecipe.for_debian(self.debian).image
 
 
 @dataclass
@@ -380,6 +422,8 @@ class Lab:
     name: str
     network: str
     hosts: list[LabHost]
+    #: Where the lab's SSH key pair, known_hosts and ssh config live.
+    ssh_dir: Path = Path(".ssh")
 
     @property
     def volume_prefix(self) -> str:
@@ -441,7 +485,43 @@ def load_lab(inventory: Path) -> Lab:
         name=lab_name,
         network=str(group_vars.get("lab_network", lab_name)),
         hosts=hosts,
+        ssh_dir=inventory.resolve() / ".ssh",
     )
+
+
+def scenario_lab(platforms: Sequence[dict[str, Any]], ssh_dir: Path) -> Lab:
+    """The lab of a Molecule scenario, from its ``platforms`` (molecule.yml).
+
+    A platform names its host (the container), its image, its network, its volumes
+    and capabilities, as the shared base config shows. Every host of a scenario is
+    on one network, which also names the scenario's podman objects.
+    """
+    if not platforms:
+        raise UserError("the scenario lists no platforms: molecule.yml needs at least one host")
+    networks = {str(p.get("network", "")) for p in platforms}
+    if len(networks) != 1 or "" in networks:
+        raise UserError(
+            f"molecule.yml: every platform needs the same 'network' (found {sorted(networks)})"
+        )
+    hosts = []
+    for index, platform in enumerate(platforms):
+        name, image = platform.get("name"), str(platform.get("image", ""))
+        if not name or not image:
+            raise UserError(f"molecule.yml: platforms[{index}] needs a name and an image")
+        tag = image.rsplit(":debian", 1)
+        hosts.append(
+            LabHost(
+                name=str(name),
+                container=str(name),
+                debian=tag[1] if len(tag) == 2 and tag[1] in DEBIAN_RELEASES else DEFAULT_DEBIAN,
+                image=image,
+                srv_volume=False,
+                volumes=[str(v) for v in platform.get("volumes", []) or []],
+                capabilities=[str(c) for c in platform.get("capabilities", []) or []],
+            )
+        )
+    network = networks.pop()
+    return Lab(inventory=ssh_dir, name=network, network=network, hosts=hosts, ssh_dir=ssh_dir)
 
 
 def _hosts_of(data: dict[str, Any], group: str, seen: set[str] | None = None) -> set[str]:
@@ -497,13 +577,13 @@ def ensure_network(lab: Lab) -> bool:
 
 def ensure_host(lab: Lab, host: LabHost) -> str:
     """Start a host's container, reusing what exists. Returns what was done."""
-    recipe = ImageRecipe.for_debian(host.debian)
+    image = host.image_name
     state = container_state(host.container)
     if state is not None:
         status = str(state.get("State", {}).get("Status", ""))
-        stale = _image_id(recipe.image) not in {None, state.get("Image")}
+        stale = _image_id(image) not in {None, state.get("Image")}
         note = (
-            f"; it runs an older {recipe.image}: `pacsctl lab down` then `pacsctl lab up` "
+            f"; it runs an older {image}: `pacsctl lab down` then `pacsctl lab up` "
             "to move it (its /srv volume is kept)"
             if stale
             else ""
@@ -517,9 +597,6 @@ def ensure_host(lab: Lab, host: LabHost) -> str:
         # A leftover that cannot start (killed mid-creation, network gone):
         # its data lives in the volume, so replacing the container loses nothing.
         _run(["podman", "rm", "--force", host.container])
-    volume = lab.host_volume(host)
-    if _run(["podman", "volume", "exists", volume], check=False).returncode != 0:
-        _run(["podman", "volume", "create", "--label", f"{LABEL}={lab.name}", volume])
     args = [
         "podman",
         "run",
@@ -535,16 +612,21 @@ def ensure_host(lab: Lab, host: LabHost) -> str:
         "--network-alias",
         host.name,
         "--systemd=always",
-        # nftables (the base role's firewall) and chrony in a container.
-        "--cap-add",
-        "NET_ADMIN",
-        "--volume",
-        f"{volume}:/srv",
     ]
-    args += ["--volume", apt_cache_mount()]
+    # NET_ADMIN: nftables (the base role's firewall) and chrony in a container.
+    for capability in host.capabilities:
+        args += ["--cap-add", capability]
+    if host.srv_volume:
+        volume = lab.host_volume(host)
+        if _run(["podman", "volume", "exists", volume], check=False).returncode != 0:
+            _run(["podman", "volume", "create", "--label", f"{LABEL}={lab.name}", volume])
+        args += ["--volume", f"{volume}:/srv"]
+    shared_apt = apt_cache_mount()
+    for volume_spec in host.volumes or [shared_apt]:
+        args += ["--volume", volume_spec]
     for host_port, container_port, proto in host.ports:
         args += ["--publish", f"127.0.0.1:{host_port}:{container_port}/{proto}"]
-    args += [recipe.image, "/sbin/init"]
+    args += [image, "/sbin/init"]
     _run(args)
     return "created"
 
@@ -566,6 +648,46 @@ def wait_booted(host: LabHost, timeout: float = 90.0) -> str:
         f"systemd is still '{state}' after {timeout:.0f}s; "
         f"look with `pacsctl lab shell {host.name}` then `systemctl --failed`",
     )
+
+
+def network_address(lab: Lab, host: LabHost) -> str:
+    """The host's IPv4 address on the lab's network, as podman assigned it."""
+    state = container_state(host.container) or {}
+    networks = (state.get("NetworkSettings") or {}).get("Networks") or {}
+    address = str((networks.get(lab.network) or {}).get("IPAddress") or "")
+    if not address:
+        raise LabStepError(
+            f"address of {host.name}",
+            f"{host.container} has no address on network {lab.network}; "
+            "`pacsctl lab down` then `pacsctl lab up` recreates it",
+        )
+    return address
+
+
+def grant_ssh(lab: Lab, hosts: Sequence[LabHost] | None = None) -> Path:
+    """Let Ansible in over SSH: the lab's key on every host, their host keys pinned.
+
+    This is the one step that goes through ``podman exec``, because SSH cannot be
+    trusted before it: it installs the lab's public key for root and reads the
+    host key that each host made at its first boot. Returns the ssh config's path.
+    """
+    chosen = list(hosts if hosts is not None else lab.hosts)
+    lab_ssh.ensure_key_pair(lab.ssh_dir)
+    authorize = lab_ssh.authorize_script(lab_ssh.public_key(lab.ssh_dir))
+    endpoints = []
+    for host in chosen:
+        _run(["podman", "exec", host.container, "sh", "-c", authorize])
+        # The host key exists once ssh.service has started (its first-boot unit).
+        _run(["podman", "exec", host.container, "systemctl", "start", "ssh.service"])
+        host_key = _run(["podman", "exec", host.container, "cat", lab_ssh.HOST_KEY]).stdout
+        key_type, key_data = host_key.split()[:2]
+        endpoints.append(
+            lab_ssh.Endpoint(host.container, network_address(lab, host), f"{key_type} {key_data}")
+        )
+    config = lab_ssh.write_files(lab.ssh_dir, endpoints)
+    for endpoint in endpoints:
+        lab_ssh.wait_reachable(config, endpoint.alias, endpoint.address)
+    return config
 
 
 def lab_containers(lab_name: str) -> list[dict[str, Any]]:
@@ -605,6 +727,25 @@ def down(lab: Lab, *, purge: bool = False) -> list[str]:
         if _run(["podman", "network", "exists", lab.network], check=False).returncode == 0:
             _run(["podman", "network", "rm", "--force", lab.network])
             done.append(f"removed network {lab.network}")
+        if lab.ssh_dir.is_dir():
+            shutil.rmtree(lab.ssh_dir)
+            done.append(f"removed SSH keys {lab.ssh_dir}")
+    return done
+
+
+def scenario_down(lab: Lab) -> list[str]:
+    """Remove a scenario's hosts by name (a leftover of any earlier run too), its network
+    and its SSH folder."""
+    done = []
+    for host in lab.hosts:
+        if container_state(host.container) is not None:
+            _run(["podman", "rm", "--force", "--time", "10", host.container])
+            done.append(f"removed host {host.container}")
+    if _run(["podman", "network", "exists", lab.network], check=False).returncode == 0:
+        _run(["podman", "network", "rm", "--force", lab.network])
+        done.append(f"removed network {lab.network}")
+    if lab.ssh_dir.is_dir():
+        shutil.rmtree(lab.ssh_dir)
     return done
 
 
@@ -616,11 +757,17 @@ def status(lab: Lab) -> dict[str, Any]:
     for host in lab.hosts:
         entry = found.get(host.container)
         state = str(entry.get("State", "unknown")) if entry else "absent"
+        address = ""
+        if state == "running":
+            with contextlib.suppress(LabStepError):
+                address = network_address(lab, host)
         hosts.append(
             {
                 "name": host.name,
                 "container": host.container,
                 "state": state,
+                "address": address,
+                "ssh": f"ssh -F {lab.ssh_dir / 'config'} {host.container}" if address else "",
                 "debian": host.debian,
                 "image": str(entry.get("Image", "")) if entry else "",
                 "ports": [

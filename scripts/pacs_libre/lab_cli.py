@@ -7,6 +7,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -112,6 +113,9 @@ def up_cmd(
                 spinner.update(f"[bold]host {host.name}[/]: waiting for systemd")
                 state = lab.wait_booted(host)
                 console.print(f"[green]{host.name}[/] ({host.container}): {what}, systemd {state}")
+            spinner.update("[bold]SSH[/]: installing the lab's key, pinning the host keys")
+            config = lab.grant_ssh(the_lab)
+            console.print(f"[green]SSH[/]: every host answers; `ssh -F {config} <container>`")
     except lab.LabStepError as exc:
         raise UserError(f"{exc} — {_retry_hint('starting the lab', retry)}") from exc
     if converge:
@@ -178,7 +182,7 @@ def status_cmd(
         typer.echo(json.dumps(data, indent=2))
         return
     table = Table(title=f"lab '{data['lab']}' on network {data['network']}")
-    for column in ("host", "container", "state", "debian", "published"):
+    for column in ("host", "container", "state", "address", "debian", "published"):
         table.add_column(column)
     for host in data["hosts"]:
         published = ", ".join(f"{p['host']}->{p['container']}/{p['proto']}" for p in host["ports"])
@@ -187,16 +191,93 @@ def status_cmd(
             host["name"],
             host["container"],
             f"[{colour}]{host['state']}[/]",
+            host["address"] or "-",
             host["debian"],
             published or "-",
         )
     out.print(table)
-    if data["endpoints"]:
-        ends = Table(title="endpoints")
-        ends.add_column("service")
-        ends.add_column("where")
-        for key, value in data["endpoints"].items():
-            ends.add_row(key, json.dumps(value) if not isinstance(value, str) else value)
+    ends = Table(title="endpoints")
+    ends.add_column("service")
+    ends.add_column("where")
+    for host in data["hosts"]:
+        if host["ssh"]:
+            ends.add_row(f"ssh {host['name']}", host["ssh"])
+    for service, where in endpoint_rows(data["endpoints"]):
+        ends.add_row(service, where)
+    if ends.row_count:
         out.print(ends)
-    else:
-        out.print("endpoints: none yet (services add them as their roles land)")
+    if not data["endpoints"]:
+        out.print("services: none yet (they are listed here as their roles land)")
+
+
+def endpoint_rows(endpoints: dict[str, Any]) -> list[tuple[str, str]]:
+    """One readable row per service: a URL as it is, a DICOM node as AE title @ host:port,
+    and the other keys of a service as rows of their own."""
+    rows: list[tuple[str, str]] = []
+    for service, value in endpoints.items():
+        if not isinstance(value, dict):
+            rows.append((service, str(value)))
+            continue
+        details = dict(value)
+        if "host" in details and "port" in details:
+            where = f"{details.pop('host')}:{details.pop('port')}"
+            if "aet" in details:
+                where = f"AE title {details.pop('aet')} at {where}"
+            rows.append((service, where))
+        for key, item in details.items():
+            rows.append((f"  {key.replace('_', ' ')}", _plain(item)))
+    return rows
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k.replace('_', ' ')} {_plain(v)}" for k, v in value.items())
+    return str(value)
+
+
+scenario_app = typer.Typer(
+    help="Hosts of a Molecule scenario (its create and destroy playbooks call these).",
+    no_args_is_help=True,
+)
+app.add_typer(scenario_app, name="scenario")
+
+
+def _scenario(platforms: str, ssh_dir: Path) -> lab.Lab:
+    try:
+        data = json.loads(platforms)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--platforms is not JSON: {exc}") from exc
+    if not isinstance(data, list):
+        raise UserError("--platforms must be the JSON list of molecule.yml's platforms")
+    return lab.scenario_lab(data, ssh_dir)
+
+
+@scenario_app.command("up")
+def scenario_up_cmd(
+    platforms: str = typer.Option(..., "--platforms", help="molecule.yml's platforms, as JSON."),
+    ssh_dir: Path = typer.Option(..., "--ssh-dir", help="Where the scenario's SSH files go."),
+) -> None:
+    """Start a scenario's hosts and let Ansible in over SSH."""
+    the_lab = _scenario(platforms, ssh_dir)
+    try:
+        lab.ensure_network(the_lab)
+        for host in the_lab.hosts:
+            what = lab.ensure_host(the_lab, host)
+            state = lab.wait_booted(host)
+            console.print(f"{host.container}: {what}, systemd {state}")
+        config = lab.grant_ssh(the_lab)
+    except lab.LabStepError as exc:
+        raise UserError(f"{exc} — the scenario's create step failed; rerun the scenario") from exc
+    console.print(f"SSH: every host answers; `ssh -F {config} <host>`")
+
+
+@scenario_app.command("down")
+def scenario_down_cmd(
+    platforms: str = typer.Option(..., "--platforms", help="molecule.yml's platforms, as JSON."),
+    ssh_dir: Path = typer.Option(..., "--ssh-dir", help="Where the scenario's SSH files are."),
+) -> None:
+    """Remove a scenario's hosts, network and SSH files."""
+    for line in lab.scenario_down(_scenario(platforms, ssh_dir)) or ["nothing to remove"]:
+        console.print(line)

@@ -37,6 +37,7 @@ from pacs_testlib import (
     ExecTunnel,
     address_of,
     dcmtk,
+    host_spec,
     lab_host,
     orthanc_credentials,
     run_check_mode,
@@ -56,7 +57,7 @@ HOSTS = {"pacs-mol-single-d13": "MOLPACS13", "pacs-mol-single-d12": "MOLPACS12"}
 MODALITY, WORKSTATION, ROUTED, TLS_NODE = "MOLMODALITY", "MOLOSIRIX", "MOLROUTED", "MOLTLS"
 WORKSTATION_PORT, ROUTED_PORT = 11190, 11191
 
-testinfra_hosts = [f"podman://{name}" for name in HOSTS]
+testinfra_hosts = [host_spec(name) for name in HOSTS]
 
 
 @pytest.fixture(scope="session")

@@ -8,12 +8,20 @@ import time
 from pathlib import Path
 
 import pytest
-from pacs_testlib import address_of, lab_host, run_check_mode, run_playbook, tcp_connects
+from pacs_testlib import (
+    address_of,
+    host_spec,
+    lab_host,
+    run_check_mode,
+    run_playbook,
+    ssh_config,
+    tcp_connects,
+)
 
 SERVER = "pacs-mol-base-server"
 CLIENT = "pacs-mol-base-client"
 
-testinfra_hosts = [f"podman://{SERVER}"]
+testinfra_hosts = [host_spec(SERVER)]
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +119,99 @@ def test_admin_can_sudo_and_has_only_its_keys(host):
     assert keys.mode == 0o600
     assert keys.content_string.count("ssh-ed25519") == 1
     assert host.run("sudo -u jdupont sudo -n true").rc == 0
+
+
+@pytest.fixture(scope="module")
+def ssh_client():
+    """The client host, ready to log in to the server over SSH as jdupont.
+
+    It gets the scenario's private key (jdupont's only key, from the inventory) and
+    the server's host key, read over the already pinned connection: the client
+    never trusts a key on first use. jdupont gets a password that must never open
+    a session.
+    """
+    server, client = lab_host(SERVER), lab_host(CLIENT)
+    key = (ssh_config().parent / "id_ed25519").read_text()
+    host_key = " ".join(server.check_output("cat /etc/ssh/ssh_host_ed25519_key.pub").split()[:2])
+    server.check_output("echo 'jdupont:Correct-Horse-42' | chpasswd")
+    client.check_output(
+        "install -d -m 700 /root/probe && umask 077 && "
+        f"printf '%s\\n' {_sh(key.strip())} > /root/probe/key && "
+        f"printf '%s\\n' {_sh(f'{address_of(server)} {host_key}')} > /root/probe/known_hosts && "
+        "printf '#!/bin/sh\\necho Correct-Horse-42\\n' > /root/probe/askpass && "
+        "chmod 700 /root/probe/askpass"
+    )
+    yield client, address_of(server)
+    client.run("rm -rf /root/probe")
+    server.run("passwd -d jdupont")
+
+
+def _sh(text: str) -> str:
+    return "'" + text.replace("'", "'\"'\"'") + "'"
+
+
+def _ssh(
+    client, address: str, *options: str, user: str = "jdupont", command: str = "true", env=""
+) -> tuple[int, str, str]:
+    """Run ssh on the client; return its exit status, output and errors.
+
+    The status is passed back in the output: testinfra's own SSH takes an exit
+    status of 255 for its own connection failing.
+    """
+    result = client.run(
+        f"LC_ALL=C {env} ssh -o UserKnownHostsFile=/root/probe/known_hosts "
+        "-o StrictHostKeyChecking=yes -o ConnectTimeout=5 "
+        f'{" ".join(options)} {user}@{address} {command}; echo "ssh-exit=$?"'
+    )
+    output, _, status = result.stdout.rstrip().rpartition("ssh-exit=")
+    return int(status), output.strip(), result.stderr
+
+
+def test_sshd_runs_the_rendered_hardened_configuration(host):
+    effective = host.check_output("sshd -T")
+    for line in (
+        "passwordauthentication no",
+        "kbdinteractiveauthentication no",
+        "permitrootlogin without-password",
+        "authenticationmethods publickey",
+        "allowgroups pacsadmin",
+        "allowgroups root",
+        "x11forwarding no",
+    ):
+        assert line in effective.splitlines(), line
+    assert "Include" not in host.file("/etc/ssh/sshd_config").content_string
+
+
+def test_a_key_login_from_another_host_works(ssh_client):
+    client, address = ssh_client
+    rc, output, errors = _ssh(
+        client, address, "-o BatchMode=yes -i /root/probe/key", command="id -un"
+    )
+    assert rc == 0, errors
+    assert output == "jdupont"
+
+
+def test_a_password_login_from_another_host_is_refused(ssh_client):
+    """The right password, offered for real, is refused: the server offers keys only."""
+    client, address = ssh_client
+    rc, _output, errors = _ssh(
+        client,
+        address,
+        "-o PubkeyAuthentication=no -o IdentitiesOnly=yes",
+        "-o PreferredAuthentications=password,keyboard-interactive",
+        env="SSH_ASKPASS=/root/probe/askpass SSH_ASKPASS_REQUIRE=force setsid -w",
+    )
+    assert rc == 255
+    assert "Permission denied (publickey)" in errors
+
+
+def test_a_root_password_login_is_refused(ssh_client):
+    client, address = ssh_client
+    rc, _output, errors = _ssh(
+        client, address, "-o BatchMode=yes -o PubkeyAuthentication=no", user="root"
+    )
+    assert rc == 255
+    assert "Permission denied (publickey)" in errors
 
 
 def test_check_mode_on_converged_hosts_reports_no_change():

@@ -10,12 +10,12 @@ import json
 import subprocess
 
 import pytest
-from pacs_testlib import address_of, dcmtk, lab_host, orthanc_config, orthanc_credentials
+from pacs_testlib import address_of, dcmtk, host_spec, lab_host, orthanc_config, orthanc_credentials
 
 HOST = "pacs-mol-orthanc-d13"
 AET = "MOLARCHIVE"
 
-testinfra_hosts = [f"podman://{HOST}"]
+testinfra_hosts = [host_spec(HOST)]
 
 
 def echo(calling: str, called: str = AET, port: int = 4242) -> subprocess.CompletedProcess[str]:

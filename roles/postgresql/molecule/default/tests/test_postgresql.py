@@ -15,7 +15,7 @@ import shlex
 from pathlib import Path
 
 import pytest
-from pacs_testlib import address_of, lab_host, run_playbook
+from pacs_testlib import address_of, host_spec, lab_host, run_playbook
 
 from pacs_libre.sizing import postgresql_settings
 
@@ -24,7 +24,7 @@ CLIENT = "pacs-mol-postgresql-client"
 CHECKER = "/usr/local/sbin/pacs-pg-check-config"
 ROOT_CERT = "/root/.postgresql/root.crt"
 
-testinfra_hosts = [f"podman://{SERVER}"]
+testinfra_hosts = [host_spec(SERVER)]
 
 _UNIT_BYTES = {"B": 1, "kB": 1024, "8kB": 8192, "MB": 2**20, "GB": 2**30}
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pacs_testlib import RECAP, lab_host, run_playbook
+from pacs_testlib import RECAP, host_spec, lab_host, run_playbook
 
 HOST = "pacs-mol-preflight-d13"
 SCENARIO = Path(__file__).resolve().parents[1]
 PLAYBOOK = str(SCENARIO / "playbook-then-change.yml")
 
-testinfra_hosts = [f"podman://{HOST}"]
+testinfra_hosts = [host_spec(HOST)]
 
 
 def _marker(name: str) -> str:
