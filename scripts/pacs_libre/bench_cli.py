@@ -18,7 +18,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from pacs_libre import bench, lab
+from pacs_libre import bench, bench_converge, lab
 from pacs_libre.dicom_cli import (
     AET_OPT,
     CALLING_OPT,
@@ -249,6 +249,39 @@ def stock_cmd(
             f"{host}:{port}, AE title {aet} — `pacsctl bench ingest --target {host}:{port} "
             f"--aet {aet} --calling-aet {bench.CALLING_AET}`"
         )
+
+
+@app.command("converge")
+def converge_cmd(
+    *,
+    inventory: Path = INVENTORY_OPT,
+    playbook: Path = typer.Option(
+        Path("playbooks/site.yml"), "--playbook", help="Playbook to rerun."
+    ),
+    runs: int = typer.Option(3, "--runs", min=1, max=20, help="Runs of each path, in turn."),
+) -> None:
+    """Time a changed=0 rerun over the podman connection, SSH, and SSH with Mitogen, in turn."""
+    root = lab.project_root()
+    inv = inventory if inventory.exists() else root / inventory
+    play = playbook if playbook.exists() else root / playbook
+    with console.status("[bold]converge benchmark[/]") as spinner:
+        timings = bench_converge.compare(
+            inv.resolve(), play.resolve(), runs, progress=spinner.update
+        )
+    base = timings[0]
+    table = Table(title=f"{play.name} rerun (changed=0) on {inv}, {runs} run(s) of each, in turn")
+    for column in ("path", "tasks", "median s", "min s", "max s", f"{base.path} / path"):
+        table.add_column(column)
+    for timing in timings:
+        table.add_row(
+            timing.path,
+            str(timing.tasks),
+            f"{timing.median:.1f}",
+            f"{min(timing.seconds):.1f}",
+            f"{max(timing.seconds):.1f}",
+            f"{base.median / timing.median:.2f}x",
+        )
+    out.print(table)
 
 
 @app.command("clean")
