@@ -143,7 +143,11 @@ def podman_env() -> dict[str, str]:
 
 
 def _run(
-    args: Sequence[str], *, check: bool = True, input_text: str | None = None
+    args: Sequence[str],
+    *,
+    check: bool = True,
+    input_text: str | None = None,
+    timeout: float | None = None,
 ) -> subprocess.CompletedProcess[str]:
     try:
         proc = subprocess.run(
@@ -153,7 +157,10 @@ def _run(
             env=podman_env(),
             input=input_text,
             check=False,
+            timeout=timeout,
         )
+    except subprocess.TimeoutExpired as exc:
+        raise LabStepError(" ".join(args[:3]), f"no answer after {timeout:.0f}s") from exc
     except FileNotFoundError as exc:
         raise UserError(
             f"'{args[0]}' is not installed: run `make prereqs` (as root) or install it with apt"
@@ -540,6 +547,8 @@ def _hosts_of(data: dict[str, Any], group: str, seen: set[str] | None = None) ->
 
 
 APT_CACHE_MOUNT = "/var/cache/pacs-libre-apt"
+#: Seconds a `podman run` of a lab host may take before it is retried once.
+RUN_TIMEOUT = 120.0
 
 
 def apt_cache_mount() -> str:
@@ -567,11 +576,23 @@ def _image_id(image: str) -> str | None:
     return proc.stdout.strip() or None if proc.returncode == 0 else None
 
 
+@contextmanager
+def podman_changes() -> Iterator[None]:
+    """One podman creation at a time on this machine, whoever asks (a lab, a scenario).
+
+    podman 4.3 can spin and then fail with "container creation timeout" when two
+    `podman run` start at once, as when make test runs scenarios side by side.
+    """
+    with _exclusive(cache_dir() / "locks" / "podman-changes.lock"):
+        yield
+
+
 def ensure_network(lab: Lab) -> bool:
     """Create the lab's network unless it exists. True if created."""
     if _run(["podman", "network", "exists", lab.network], check=False).returncode == 0:
         return False
-    _run(["podman", "network", "create", "--label", f"{LABEL}={lab.name}", lab.network])
+    with podman_changes():
+        _run(["podman", "network", "create", "--label", f"{LABEL}={lab.name}", lab.network])
     return True
 
 
@@ -627,7 +648,15 @@ def ensure_host(lab: Lab, host: LabHost) -> str:
     for host_port, container_port, proto in host.ports:
         args += ["--publish", f"127.0.0.1:{host_port}:{container_port}/{proto}"]
     args += [image, "/sbin/init"]
-    _run(args)
+    # A `podman run` here takes seconds. podman 4.3 has been seen to spin on one
+    # for many minutes and then fail ("container creation timeout"): give it a
+    # bound, remove what it left, and try once more.
+    with podman_changes():
+        try:
+            _run(args, timeout=RUN_TIMEOUT)
+        except LabStepError:
+            _run(["podman", "rm", "--force", "--time", "5", host.container], check=False)
+            _run(args, timeout=RUN_TIMEOUT)
     return "created"
 
 
@@ -737,13 +766,14 @@ def scenario_down(lab: Lab) -> list[str]:
     """Remove a scenario's hosts by name (a leftover of any earlier run too), its network
     and its SSH folder."""
     done = []
-    for host in lab.hosts:
-        if container_state(host.container) is not None:
-            _run(["podman", "rm", "--force", "--time", "10", host.container])
-            done.append(f"removed host {host.container}")
-    if _run(["podman", "network", "exists", lab.network], check=False).returncode == 0:
-        _run(["podman", "network", "rm", "--force", lab.network])
-        done.append(f"removed network {lab.network}")
+    with podman_changes():
+        for host in lab.hosts:
+            if container_state(host.container) is not None:
+                _run(["podman", "rm", "--force", "--time", "10", host.container])
+                done.append(f"removed host {host.container}")
+        if _run(["podman", "network", "exists", lab.network], check=False).returncode == 0:
+            _run(["podman", "network", "rm", "--force", lab.network])
+            done.append(f"removed network {lab.network}")
     if lab.ssh_dir.is_dir():
         shutil.rmtree(lab.ssh_dir)
     return done
