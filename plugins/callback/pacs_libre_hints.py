@@ -35,7 +35,7 @@ def _reason(message: str) -> str:
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     for line in reversed(lines):
         if "ssh:" in line or "Permission denied" in line or "verification failed" in line:
-            return line.split("ssh: ", 1)[-1]
+            return line.rsplit("ssh: ", 1)[-1]
     return lines[-1] if lines else "no answer"
 
 

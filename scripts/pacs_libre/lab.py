@@ -753,12 +753,18 @@ def down(lab: Lab, *, purge: bool = False) -> list[str]:
         for volume in json.loads(proc.stdout or "[]") if proc.returncode == 0 else []:
             _run(["podman", "volume", "rm", "--force", volume["Name"]])
             done.append(f"removed volume {volume['Name']}")
-        if _run(["podman", "network", "exists", lab.network], check=False).returncode == 0:
-            _run(["podman", "network", "rm", "--force", lab.network])
-            done.append(f"removed network {lab.network}")
-        if lab.ssh_dir.is_dir():
-            shutil.rmtree(lab.ssh_dir)
-            done.append(f"removed SSH keys {lab.ssh_dir}")
+        done += _remove_network_and_keys(lab)
+    return done
+
+
+def _remove_network_and_keys(lab: Lab) -> list[str]:
+    done = []
+    if _run(["podman", "network", "exists", lab.network], check=False).returncode == 0:
+        _run(["podman", "network", "rm", "--force", lab.network])
+        done.append(f"removed network {lab.network}")
+    if lab.ssh_dir.is_dir():
+        shutil.rmtree(lab.ssh_dir)
+        done.append(f"removed SSH keys {lab.ssh_dir}")
     return done
 
 
@@ -771,11 +777,7 @@ def scenario_down(lab: Lab) -> list[str]:
             if container_state(host.container) is not None:
                 _run(["podman", "rm", "--force", "--time", "10", host.container])
                 done.append(f"removed host {host.container}")
-        if _run(["podman", "network", "exists", lab.network], check=False).returncode == 0:
-            _run(["podman", "network", "rm", "--force", lab.network])
-            done.append(f"removed network {lab.network}")
-    if lab.ssh_dir.is_dir():
-        shutil.rmtree(lab.ssh_dir)
+        done += _remove_network_and_keys(lab)
     return done
 
 
