@@ -161,3 +161,27 @@ def test_unreachable_hint_for_a_real_server_says_what_to_check(monkeypatch):
     line = hints.hint("pacs-db", "", "Host key verification failed.", {})
     assert "not the one pinned" in line
     assert "base_admin_networks" in line and "pacsctl" not in line
+
+
+def test_removing_the_ssh_files_leaves_anything_else(tmp_path):
+    folder = tmp_path / "ssh"
+    lab_ssh.ensure_key_pair(folder)
+    lab_ssh.write_files(folder, [lab_ssh.Endpoint("a", "10.0.0.2", "ssh-ed25519 AAAAa")])
+    (folder / "someone-elses-key").write_text("keep me")
+    assert lab_ssh.remove_files(folder)
+    assert [p.name for p in folder.iterdir()] == ["someone-elses-key"]
+    (folder / "someone-elses-key").unlink()
+    lab_ssh.ensure_key_pair(folder)
+    assert lab_ssh.remove_files(folder)
+    assert not folder.exists()
+
+
+def test_a_lab_without_ssh_removes_no_ssh_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "id_ed25519").write_text("a person's key")
+    stock = lab.Lab(inventory=tmp_path, name="pacs-none", network="pacs-none", hosts=[])
+    assert stock.ssh_dir is None
+    done = lab._remove_network_and_keys(stock)
+    assert not any("SSH" in line for line in done)
+    assert (tmp_path / ".ssh" / "id_ed25519").read_text() == "a person's key"

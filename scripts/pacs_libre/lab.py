@@ -429,8 +429,9 @@ class Lab:
     name: str
     network: str
     hosts: list[LabHost]
-    #: Where the lab's SSH key pair, known_hosts and ssh config live.
-    ssh_dir: Path = Path(".ssh")
+    #: Where the lab's SSH key pair, known_hosts and ssh config live (None: no SSH,
+    #: as for the stock benchmark host).
+    ssh_dir: Path | None = None
 
     @property
     def volume_prefix(self) -> str:
@@ -701,6 +702,8 @@ def grant_ssh(lab: Lab, hosts: Sequence[LabHost] | None = None) -> Path:
     host key that each host made at its first boot. Returns the ssh config's path.
     """
     chosen = list(hosts if hosts is not None else lab.hosts)
+    if lab.ssh_dir is None:
+        raise UserError(f"lab '{lab.name}' has no folder for its SSH files")
     lab_ssh.ensure_key_pair(lab.ssh_dir)
     authorize = lab_ssh.authorize_script(lab_ssh.public_key(lab.ssh_dir))
     endpoints = []
@@ -762,8 +765,7 @@ def _remove_network_and_keys(lab: Lab) -> list[str]:
     if _run(["podman", "network", "exists", lab.network], check=False).returncode == 0:
         _run(["podman", "network", "rm", "--force", lab.network])
         done.append(f"removed network {lab.network}")
-    if lab.ssh_dir.is_dir():
-        shutil.rmtree(lab.ssh_dir)
+    if lab.ssh_dir is not None and lab_ssh.remove_files(lab.ssh_dir):
         done.append(f"removed SSH keys {lab.ssh_dir}")
     return done
 
@@ -799,7 +801,9 @@ def status(lab: Lab) -> dict[str, Any]:
                 "container": host.container,
                 "state": state,
                 "address": address,
-                "ssh": f"ssh -F {lab.ssh_dir / 'config'} {host.container}" if address else "",
+                "ssh": f"ssh -F {lab.ssh_dir / 'config'} {host.container}"
+                if address and lab.ssh_dir is not None
+                else "",
                 "debian": host.debian,
                 "image": str(entry.get("Image", "")) if entry else "",
                 "ports": [

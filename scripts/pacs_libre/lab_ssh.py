@@ -141,6 +141,26 @@ def write_files(folder: Path, endpoints: Sequence[Endpoint]) -> Path:
     return config
 
 
+FILES = (KEY_NAME, f"{KEY_NAME}.pub", "known_hosts", "config")
+
+
+def remove_files(folder: Path) -> bool:
+    """Remove the files this module writes, then the folder if that left it empty.
+
+    Only those files: a folder named by mistake (a home, another tool's) loses nothing
+    else. True if anything was removed.
+    """
+    removed = False
+    for name in FILES:
+        path = folder / name
+        if path.is_file():
+            path.unlink()
+            removed = True
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+    return removed
+
+
 def wait_reachable(config: Path, alias: str, address: str, timeout: float = 60.0) -> None:
     """Wait until ``ssh -F config alias true`` works; say what to do when it never does."""
     deadline = time.monotonic() + timeout
