@@ -643,8 +643,7 @@ def ensure_host(lab: Lab, host: LabHost) -> str:
         if _run(["podman", "volume", "exists", volume], check=False).returncode != 0:
             _run(["podman", "volume", "create", "--label", f"{LABEL}={lab.name}", volume])
         args += ["--volume", f"{volume}:/srv"]
-    shared_apt = apt_cache_mount()
-    for volume_spec in host.volumes or [shared_apt]:
+    for volume_spec in host.volumes or [apt_cache_mount()]:
         args += ["--volume", volume_spec]
     for host_port, container_port, proto in host.ports:
         args += ["--publish", f"127.0.0.1:{host_port}:{container_port}/{proto}"]
@@ -694,20 +693,19 @@ def network_address(lab: Lab, host: LabHost) -> str:
     return address
 
 
-def grant_ssh(lab: Lab, hosts: Sequence[LabHost] | None = None) -> Path:
+def grant_ssh(lab: Lab) -> Path:
     """Let Ansible in over SSH: the lab's key on every host, their host keys pinned.
 
     This is the one step that goes through ``podman exec``, because SSH cannot be
     trusted before it: it installs the lab's public key for root and reads the
     host key that each host made at its first boot. Returns the ssh config's path.
     """
-    chosen = list(hosts if hosts is not None else lab.hosts)
     if lab.ssh_dir is None:
         raise UserError(f"lab '{lab.name}' has no folder for its SSH files")
     lab_ssh.ensure_key_pair(lab.ssh_dir)
     authorize = lab_ssh.authorize_script(lab_ssh.public_key(lab.ssh_dir))
     endpoints = []
-    for host in chosen:
+    for host in lab.hosts:
         _run(["podman", "exec", host.container, "sh", "-c", authorize])
         # The host key exists once ssh.service has started (its first-boot unit).
         _run(["podman", "exec", host.container, "systemctl", "start", "ssh.service"])
@@ -719,6 +717,31 @@ def grant_ssh(lab: Lab, hosts: Sequence[LabHost] | None = None) -> Path:
     config = lab_ssh.write_files(lab.ssh_dir, endpoints)
     for endpoint in endpoints:
         lab_ssh.wait_reachable(config, endpoint.alias, endpoint.address)
+    return config
+
+
+def start(
+    lab: Lab,
+    *,
+    progress: Callable[[str], None] = lambda _text: None,
+    report: Callable[[str], None] = lambda _line: None,
+) -> Path:
+    """Start every host of a lab (or a scenario), wait for systemd, then let Ansible in.
+
+    ``progress`` hears what is under way, ``report`` one line per thing done.
+    Returns the ssh config's path.
+    """
+    if ensure_network(lab):
+        report(f"created network {lab.network}")
+    for host in lab.hosts:
+        progress(f"host {host.name}: starting")
+        what = ensure_host(lab, host)
+        progress(f"host {host.name}: waiting for systemd")
+        state = wait_booted(host)
+        report(f"{host.name} ({host.container}): {what}, systemd {state}")
+    progress("SSH: installing the key, pinning the host keys")
+    config = grant_ssh(lab)
+    report(f"SSH: every host answers; `ssh -F {config} <container>`")
     return config
 
 

@@ -105,21 +105,15 @@ def up_cmd(
     retry = f"pacsctl lab up --inventory {inventory}"
     try:
         with console.status("[bold]starting lab hosts[/]") as spinner:
-            if lab.ensure_network(the_lab):
-                console.print(f"[green]created[/] network {the_lab.network}")
-            for host in the_lab.hosts:
-                spinner.update(f"[bold]host {host.name}[/]: starting")
-                what = lab.ensure_host(the_lab, host)
-                spinner.update(f"[bold]host {host.name}[/]: waiting for systemd")
-                state = lab.wait_booted(host)
-                console.print(f"[green]{host.name}[/] ({host.container}): {what}, systemd {state}")
-            spinner.update("[bold]SSH[/]: installing the lab's key, pinning the host keys")
-            config = lab.grant_ssh(the_lab)
-            console.print(f"[green]SSH[/]: every host answers; `ssh -F {config} <container>`")
+            lab.start(the_lab, progress=spinner.update, report=_plain_line)
     except lab.LabStepError as exc:
         raise UserError(f"{exc} — {_retry_hint('starting the lab', retry)}") from exc
     if converge:
         _converge(inv, _inventory(playbook), retry)
+
+
+def _plain_line(line: str) -> None:
+    console.print(line, markup=False, highlight=False)
 
 
 def _converge(inventory: Path, playbook: Path, retry: str) -> None:
@@ -260,17 +254,10 @@ def scenario_up_cmd(
     ssh_dir: Path = typer.Option(..., "--ssh-dir", help="Where the scenario's SSH files go."),
 ) -> None:
     """Start a scenario's hosts and let Ansible in over SSH."""
-    the_lab = _scenario(platforms, ssh_dir)
     try:
-        lab.ensure_network(the_lab)
-        for host in the_lab.hosts:
-            what = lab.ensure_host(the_lab, host)
-            state = lab.wait_booted(host)
-            console.print(f"{host.container}: {what}, systemd {state}")
-        config = lab.grant_ssh(the_lab)
+        lab.start(_scenario(platforms, ssh_dir), report=_plain_line)
     except lab.LabStepError as exc:
         raise UserError(f"{exc} — the scenario's create step failed; rerun the scenario") from exc
-    console.print(f"SSH: every host answers; `ssh -F {config} <host>`")
 
 
 @scenario_app.command("down")
