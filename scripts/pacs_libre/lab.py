@@ -611,12 +611,19 @@ def ensure_host(lab: Lab, host: LabHost) -> str:
             else ""
         )
         if status == "running":
-            return f"reused (running){note}"
+            # podman's record can outlive the container's processes (they were
+            # ended with the machine's session, and conmon with them): exec then
+            # fails with "cannot exec in a stopped container". Such a host is
+            # replaced below; its data lives in its volume.
+            alive = _run(["podman", "exec", host.container, "true"], check=False)
+            if alive.returncode == 0:
+                return f"reused (running){note}"
+            status = "dead"
         if status in {"exited", "stopped", "created", "configured"}:
             start = _run(["podman", "start", host.container], check=False)
             if start.returncode == 0:
                 return f"restarted (was {status}){note}"
-        # A leftover that cannot start (killed mid-creation, network gone):
+        # A leftover that cannot start (killed mid-creation, network gone, dead):
         # its data lives in the volume, so replacing the container loses nothing.
         _run(["podman", "rm", "--force", host.container])
     args = [
