@@ -168,7 +168,7 @@ class User:
 
 
 def sync_users(existing: Mapping[str, Any], wanted: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The user file for ``wanted`` ({name, password, rights}), reusing ``existing``.
+    """The user file for ``wanted`` ({name, password, rights=[view]}), reusing ``existing``.
 
     A user whose password still verifies against its stored hash keeps that hash
     (and its salt): a rerun with the same passwords gives the same file, so the
@@ -179,7 +179,7 @@ def sync_users(existing: Mapping[str, Any], wanted: Sequence[Mapping[str, Any]])
     users = []
     for entry in wanted:
         name, password = str(entry["name"]), str(entry["password"])
-        rights = sorted(set(entry.get("rights", [])))
+        rights = sorted(set(entry.get("rights", ["view"])))
         if not re.fullmatch(r"[A-Za-z0-9._@-]{1,64}", name):
             raise ConfigError(f"user {name!r}: a name is 1-64 letters, digits or . _ @ -")
         if name in names:
@@ -472,7 +472,10 @@ class Config:
     @classmethod
     def load(cls, path: str) -> Config:
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            text = Path(path).read_text(encoding="utf-8")
+            # The role's header ("Ansible managed") is a block of # lines.
+            lines = [x for x in text.splitlines(True) if not x.startswith("#")]
+            data = json.loads("".join(lines))
         except FileNotFoundError as exc:
             raise ConfigError(f"{path}: not found (the pacs_services role writes it)") from exc
         except json.JSONDecodeError as exc:
