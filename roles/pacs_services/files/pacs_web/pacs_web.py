@@ -1161,11 +1161,13 @@ class Handler(BaseHTTPRequestHandler):
     """HTTP front of :class:`Service`; one instance per request."""
 
     server_version = "pacs-web"
-    sys_version = ""
     protocol_version = "HTTP/1.1"
     service: Service  # set on the class by serve()
 
     # -- plumbing
+
+    def version_string(self) -> str:
+        return self.server_version  # no Python version in the Server header
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
@@ -1282,8 +1284,9 @@ class Handler(BaseHTTPRequestHandler):
         self.send(status, login_page(next_url, csrf, error), headers=[("Set-Cookie", cookie)])
 
     def login_submit(self, _query: str) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        if length > 8192:
+        length_text = self.headers.get("content-length") or "0"
+        length = int(length_text) if length_text.isdigit() else -1
+        if not 0 <= length <= 8192:
             raise BadRequest("The form is too large.", "Le formulaire est trop grand.")
         form = urllib.parse.parse_qs(self.rfile.read(length).decode("utf-8", "replace"))
 

@@ -15,7 +15,9 @@ host's network namespace, as a local process would:
   token is refused for the other study, and a token minted already expired by
   ``pacs-web mint-token`` is refused;
 - an unknown study and a malformed request get a bilingual page and a 4xx;
-- the service runs as its own user, sandboxed, on 127.0.0.1 only.
+- the service runs as its own user, sandboxed, on 127.0.0.1 only;
+- check mode tells the truth: nothing to change on the converged hosts, and a
+  changed password is reported as a change without being written.
 """
 
 from __future__ import annotations
@@ -35,12 +37,14 @@ from typing import Any
 
 import pytest
 from pacs_testlib import (
+    RECAP,
     ExecTunnel,
     address_of,
     dcmtk,
     host_spec,
     lab_host,
     orthanc_credentials,
+    run_playbook,
 )
 
 from pacs_libre.dicom.synth import StudyManifest, make_study
@@ -392,3 +396,44 @@ def test_an_expired_token_is_refused(web: Web) -> None:
         web.auth(f"/dicom-web/studies/{uid}/series", Authorization=f"Bearer {fresh.strip()}").status
         == 204
     )
+
+
+# ----------------------------------------------------------------------------- check mode
+
+
+def check_mode(*extra: str) -> tuple[dict[str, int], str]:
+    """The role's tasks in check mode (--tags pacs_services) on both hosts."""
+    playbook = str(Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"]) / "converge.yml")
+    rc, out = run_playbook(playbook, "--check", "--diff", "--tags", "pacs_services", *extra)
+    assert rc == 0, out[-4000:]
+    recap = {m["host"]: int(m["changed"]) for m in RECAP.finditer(out)}
+    assert set(recap) == set(HOSTS), out[-2000:]
+    return recap, out
+
+
+def test_check_mode_tells_the_truth_about_the_user_list() -> None:
+    unchanged, out = check_mode()
+    assert unchanged == dict.fromkeys(HOSTS, 0), out[-4000:]
+    users = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "check-users.json"
+    users.write_text(
+        json.dumps(
+            {
+                "pacs_services_users": [
+                    {"name": "mol-radiologist", "password": "a-new-password", "rights": ["view"]},
+                    {
+                        "name": "mol-viewer",
+                        "password": credential("mol-viewer"),
+                        "rights": ["view"],
+                    },
+                ]
+            }
+        )
+    )
+    changed, out = check_mode("-e", f"@{users}")
+    assert changed == dict.fromkeys(HOSTS, 1), out[-4000:]
+    assert "Write the user list" in out
+    for name in HOSTS:
+        # Nothing was written: the list still has the converged rights and hashes.
+        text = lab_host(name).check_output("cat /etc/pacs-libre/pacs-web/users.json")
+        rights = {u["name"]: u["rights"] for u in json.loads(text)["users"]}
+        assert rights["mol-radiologist"] == ["stow", "view"]
