@@ -838,15 +838,24 @@ def _foreign_prefixes(view: InventoryView) -> tuple[str, ...]:
     return tuple(prefixes)
 
 
-def _placeholders(value: Any, key: str) -> Iterator[str]:
+def _placeholders(
+    value: Any, key: str, spec: Spec | None = None, secret_ok: bool = False
+) -> Iterator[str]:
+    """Keys holding CHANGEME. A field its spec marks no_log (a secret inside a list
+    of dicts, such as a user's password) may hold it when ``secret_ok`` (an example)."""
+    spec = spec or {}
+    if spec.get("no_log") and secret_ok:
+        return
     if isinstance(value, str) and PLACEHOLDER in value.upper():
         yield key
     elif isinstance(value, list):
+        item_spec: Spec = {"options": spec["options"]} if "options" in spec else {}
         for index, item in enumerate(value):
-            yield from _placeholders(item, f"{key}[{index}]")
+            yield from _placeholders(item, f"{key}[{index}]", item_spec, secret_ok)
     elif isinstance(value, dict):
+        options = spec.get("options") or {}
         for sub, item in value.items():
-            yield from _placeholders(item, f"{key}.{sub}")
+            yield from _placeholders(item, f"{key}.{sub}", options.get(sub), secret_ok)
 
 
 def rule_variables(view: InventoryView, known: Known) -> list[Problem]:
@@ -885,7 +894,8 @@ def rule_variables(view: InventoryView, known: Known) -> list[Problem]:
         for key, message, fix in check_value(d.value, spec, d.key):
             problems.append(Problem(d.file, key, message, fix, "wrong-type"))
         if d.key not in secrets:
-            for key in _placeholders(d.value, d.key):
+            secret_ok = view.is_example and not view.deploying
+            for key in _placeholders(d.value, d.key, spec, secret_ok):
                 problems.append(
                     Problem(
                         d.file,
