@@ -67,7 +67,13 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 1
-    summary = {"files": 0, "bytes": 0, "left_out_files": 0, "left_out_bytes": 0, "script_hashes": []}
+    summary = {
+        "files": 0,
+        "bytes": 0,
+        "left_out_files": 0,
+        "left_out_bytes": 0,
+        "script_hashes": [],
+    }
     members = []
     with tarfile.open(package, "r:gz") as source:
         for member in source.getmembers():
@@ -78,7 +84,8 @@ def main(argv: list[str]) -> int:
                 summary["left_out_bytes"] += member.size
                 continue
             extracted = source.extractfile(member)
-            assert extracted is not None
+            if extracted is None:
+                continue
             members.append((member.name[len(PREFIX) :], extracted.read()))
     members.sort()
     raw = io.BytesIO()
@@ -107,9 +114,11 @@ def main(argv: list[str]) -> int:
         print(f"{package}: no {PREFIX}index.html: not an @ohif/app build", file=sys.stderr)
         return 1
     partial = out + ".part"
-    with open(partial, "wb") as handle:
-        with gzip.GzipFile(fileobj=handle, mode="wb", mtime=0, filename="") as packed:
-            packed.write(raw.getvalue())
+    with (
+        open(partial, "wb") as handle,
+        gzip.GzipFile(fileobj=handle, mode="wb", mtime=0, filename="") as packed,
+    ):
+        packed.write(raw.getvalue())
     os.replace(partial, out)
     print(json.dumps(summary))
     return 0

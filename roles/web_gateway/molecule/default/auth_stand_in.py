@@ -12,7 +12,8 @@ import json
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-USERS = json.load(open(sys.argv[1], encoding="utf-8"))  # {name: {password, rights, session}}
+with open(sys.argv[1], encoding="utf-8") as users:
+    USERS = json.load(users)  # {name: {password, rights, session}}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -41,8 +42,9 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 self.answer(204, [("X-Pacs-User", name), ("X-Pacs-Auth", "stand-in")])
             return
-        body = json.dumps({"stand_in": path, "uri": self.path,
-                           "user": self.headers.get("X-Pacs-User", "")}).encode()
+        body = json.dumps(
+            {"stand_in": path, "uri": self.path, "user": self.headers.get("X-Pacs-User", "")}
+        ).encode()
         self.answer(200, [("Content-Type", "application/json")], body)
 
     do_POST = do_GET

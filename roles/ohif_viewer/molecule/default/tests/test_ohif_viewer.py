@@ -1,4 +1,4 @@
-"""The OHIF viewer on real systemd hosts (Debian 13 and 12): what reached the host and what is served.
+"""The OHIF viewer on real systemd hosts (Debian 13 and 12): what reached them, what is served.
 
 The gateway's own scenario (roles/web_gateway) opens a real study in Chromium; this one
 checks the release itself: its checksum, the files kept and left out, app-config.js,
@@ -63,7 +63,10 @@ def test_only_the_served_files_reached_the_host(host) -> None:  # type: ignore[n
     assert not [name for name in files if name.startswith("./ort/")]
     assert not {"./_headers", "./_redirects", "./serve.json"} & set(files)
     # Owned by root, readable by nginx, writable by nobody else.
-    assert host.check_output(f"find {ROOT}/current/ -not -user root -o -perm /022 | wc -l").strip() == "0"
+    assert (
+        host.check_output(f"find {ROOT}/current/ -not -user root -o -perm /022 | wc -l").strip()
+        == "0"
+    )
 
 
 def test_app_config_is_rendered_for_the_gateway(host, ca: str) -> None:  # type: ignore[no-untyped-def]
@@ -72,7 +75,9 @@ def test_app_config_is_rendered_for_the_gateway(host, ca: str) -> None:  # type:
     assert served.headers["Content-Type"].startswith("application/javascript")
     text = served.text
     assert text.strip() == host.check_output(f"cat {ROOT}/current/app-config.js").strip()
-    config = json.loads(text[text.index("window.config = ") + len("window.config = ") : text.rindex(";")])
+    config = json.loads(
+        text[text.index("window.config = ") + len("window.config = ") : text.rindex(";")]
+    )
     assert config["routerBasename"] == "/"
     assert config["defaultDataSourceName"] == "dicomweb"
     source = config["dataSources"][0]["configuration"]
@@ -96,14 +101,22 @@ def test_deep_links_get_the_index_and_assets_their_own_type(host, ca: str) -> No
 
 def test_the_csp_allows_exactly_the_inline_scripts_of_the_served_index(host, ca: str) -> None:  # type: ignore[no-untyped-def]
     summary = subprocess.run(
-        ["python3", str(ROLE / "files" / "ohif_served.py"), str(cache() / "ohif-app-3.13.2.tgz"),
-         _integrity(), str(Path(tempfile.mkdtemp()) / "served.tar.gz")],
-        capture_output=True, text=True, check=True,
+        [
+            "python3",
+            str(ROLE / "files" / "ohif_served.py"),
+            str(cache() / "ohif-app-3.13.2.tgz"),
+            _integrity(),
+            str(Path(tempfile.mkdtemp()) / "served.tar.gz"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     hashes = json.loads(summary.stdout)["script_hashes"]
     assert len(hashes) == 2
     script_src = next(
-        part for part in get(host, ca, "/").headers["Content-Security-Policy"].split(";")
+        part
+        for part in get(host, ca, "/").headers["Content-Security-Policy"].split(";")
         if part.strip().startswith("script-src")
     )
     assert script_src.split()[1:] == ["'self'", "'wasm-unsafe-eval'", *hashes]
@@ -111,7 +124,11 @@ def test_the_csp_allows_exactly_the_inline_scripts_of_the_served_index(host, ca:
 
 def _integrity() -> str:
     defaults = (ROLE / "defaults" / "main.yml").read_text()
-    return next(line.split()[1] for line in defaults.splitlines() if line.startswith("ohif_viewer_integrity:"))
+    return next(
+        line.split()[1]
+        for line in defaults.splitlines()
+        if line.startswith("ohif_viewer_integrity:")
+    )
 
 
 def test_a_tarball_with_the_wrong_checksum_stops_the_run(tmp_path: Path) -> None:
@@ -120,8 +137,10 @@ def test_a_tarball_with_the_wrong_checksum_stops_the_run(tmp_path: Path) -> None
     wrong = "sha512-" + "A" * 86 + "=="
     code, output = run_playbook(
         str(Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"]) / "converge.yml"),
-        "-e", f"ohif_viewer_integrity={wrong}",
-        "--tags", "ohif_viewer",
+        "-e",
+        f"ohif_viewer_integrity={wrong}",
+        "--tags",
+        "ohif_viewer",
     )
     assert code != 0
     assert "is not the expected" in output and "Fix: remove the file" in output

@@ -24,6 +24,7 @@ import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
 from pacs_testlib import address_of, host_spec, lab_host, run_check_mode, tcp_connects
+from playwright.sync_api import sync_playwright
 
 from pacs_libre.dicom.synth import StudyManifest, make_study
 
@@ -63,12 +64,23 @@ class Gateway:
         http = requests.Session()
         http.auth = self.basic(user)
         http.verify = str(self.ca)
+        # Else REQUESTS_CA_BUNDLE, where set, would win over the session's CA.
+        http.trust_env = False
         return DICOMwebClient(f"{self.url}/dicom-web", session=http)
 
     def s_client(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["openssl", "s_client", "-connect", f"{self.address}:443", "-CAfile", str(self.ca),
-             "-servername", "pacs.mol.test", *args],
+            [
+                "openssl",
+                "s_client",
+                "-connect",
+                f"{self.address}:443",
+                "-CAfile",
+                str(self.ca),
+                "-servername",
+                "pacs.mol.test",
+                *args,
+            ],
             input="",
             capture_output=True,
             text=True,
@@ -105,14 +117,18 @@ def test_configuration_is_valid(gateway: Gateway) -> None:
 
 def test_http_redirects_to_https(gateway: Gateway) -> None:
     answer = requests.get(
-        f"http://{gateway.address}/viewer?StudyInstanceUIDs=1.2.3", allow_redirects=False, timeout=30
+        f"http://{gateway.address}/viewer?StudyInstanceUIDs=1.2.3",
+        allow_redirects=False,
+        timeout=30,
     )
     assert answer.status_code == 301
     assert answer.headers["Location"] == f"https://{gateway.address}/viewer?StudyInstanceUIDs=1.2.3"
 
 
 @pytest.mark.parametrize("version", ["-tls1_2", "-tls1_3"])
-def test_tls_12_and_13_are_accepted_with_a_certificate_of_the_ca(gateway: Gateway, version: str) -> None:
+def test_tls_12_and_13_are_accepted_with_a_certificate_of_the_ca(
+    gateway: Gateway, version: str
+) -> None:
     result = gateway.s_client(version, "-verify_return_error")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "Verify return code: 0 (ok)" in result.stdout
@@ -125,14 +141,24 @@ def test_tls_below_12_is_refused(gateway: Gateway, version: str) -> None:
     result = gateway.s_client(version, "-cipher", "DEFAULT:@SECLEVEL=0")
     assert "no protocols available" not in result.stderr, "the client did not offer " + version
     assert result.returncode != 0
-    assert re.search(r"alert protocol version|wrong version|unsupported protocol", result.stderr), result.stderr
+    assert re.search(r"alert protocol version|wrong version|unsupported protocol", result.stderr), (
+        result.stderr
+    )
 
 
 def test_only_aead_suites_with_forward_secrecy(gateway: Gateway) -> None:
     assert gateway.s_client("-tls1_2", "-cipher", "AES256-SHA256").returncode != 0
-    assert gateway.s_client("-tls1_2", "-cipher", "ECDHE-RSA-AES256-SHA384:ECDHE-ECDSA-AES256-SHA384").returncode != 0
+    assert (
+        gateway.s_client(
+            "-tls1_2", "-cipher", "ECDHE-RSA-AES256-SHA384:ECDHE-ECDSA-AES256-SHA384"
+        ).returncode
+        != 0
+    )
     result = gateway.s_client("-tls1_2")
-    assert re.search(r"Cipher is ECDHE-(ECDSA|RSA)-(AES(128|256)-GCM-SHA(256|384)|CHACHA20-POLY1305)", result.stdout)
+    assert re.search(
+        r"Cipher is ECDHE-(ECDSA|RSA)-(AES(128|256)-GCM-SHA(256|384)|CHACHA20-POLY1305)",
+        result.stdout,
+    )
 
 
 def test_security_headers_are_on_every_answer(gateway: Gateway) -> None:
@@ -143,7 +169,8 @@ def test_security_headers_are_on_every_answer(gateway: Gateway) -> None:
         assert headers["Cross-Origin-Opener-Policy"] == "same-origin"
         assert headers["Cross-Origin-Embedder-Policy"] == "require-corp"
         csp = dict(
-            (part.strip().split(" ", 1) + [""])[:2] for part in headers["Content-Security-Policy"].split(";")
+            ([*part.strip().split(" ", 1), ""])[:2]
+            for part in headers["Content-Security-Policy"].split(";")
         )
         assert csp["frame-ancestors"] == f"'self' {DPI}"
         assert "'unsafe-eval'" not in csp["script-src"]
@@ -173,7 +200,14 @@ def test_dicomweb_without_credentials_stays_401(gateway: Gateway) -> None:
 def test_the_landing_page_lists_the_services_in_french_and_english(gateway: Gateway) -> None:
     answer = gateway.get("/", cookies=gateway.session())
     assert answer.status_code == 200
-    for text in ('id="viewer"', 'id="iid"', 'id="dicomweb"', "Se déconnecter", "Sign out", "liste des examens"):
+    for text in (
+        'id="viewer"',
+        'id="iid"',
+        'id="dicomweb"',
+        "Se déconnecter",
+        "Sign out",
+        "liste des examens",
+    ):
         assert text in answer.text
 
 
@@ -188,7 +222,9 @@ def test_app_config_points_at_the_gateway_dicomweb(gateway: Gateway) -> None:
     answer = gateway.get("/app-config.js", cookies=gateway.session())
     assert answer.status_code == 200
     text = answer.text
-    config = json.loads(text[text.index("window.config = ") + len("window.config = ") : text.rindex(";")])
+    config = json.loads(
+        text[text.index("window.config = ") + len("window.config = ") : text.rindex(";")]
+    )
     source = config["dataSources"][0]["configuration"]
     assert source["qidoRoot"] == source["wadoRoot"] == "/dicom-web"
     assert source["omitQuotationForMultipartRequest"] is True
@@ -200,8 +236,10 @@ def test_only_the_served_files_are_on_the_host(gateway: Gateway) -> None:
     assert gateway.host.file(f"{root}/index.html").exists
     assert gateway.host.run(f"find -L {root}/ -name '*.map' | grep -q .").rc != 0
     assert not gateway.host.file(f"{root}/ort").exists
-    assert gateway.get("/ort/ort.min.js", cookies=gateway.session()).headers.get("Content-Type", "").startswith(
-        "text/html"
+    assert (
+        gateway.get("/ort/ort.min.js", cookies=gateway.session())
+        .headers.get("Content-Type", "")
+        .startswith("text/html")
     )
 
 
@@ -224,7 +262,9 @@ def test_qido_finds_the_study_sent_by_stow(gateway: Gateway, study: StudyManifes
     assert len(found) == 1
 
 
-def test_bulk_data_urls_name_the_gateway_and_metadata_is_gzipped(gateway: Gateway, study: StudyManifest) -> None:
+def test_bulk_data_urls_name_the_gateway_and_metadata_is_gzipped(
+    gateway: Gateway, study: StudyManifest
+) -> None:
     answer = gateway.get(
         f"/dicom-web/studies/{study.study_instance_uid}/metadata",
         auth=gateway.basic("viewer"),
@@ -232,12 +272,18 @@ def test_bulk_data_urls_name_the_gateway_and_metadata_is_gzipped(gateway: Gatewa
     )
     assert answer.status_code == 200
     assert answer.headers["Content-Encoding"] == "gzip"
-    uris = [item["7FE00010"]["BulkDataURI"] for item in answer.json() if "BulkDataURI" in item.get("7FE00010", {})]
+    uris = [
+        item["7FE00010"]["BulkDataURI"]
+        for item in answer.json()
+        if "BulkDataURI" in item.get("7FE00010", {})
+    ]
     assert uris, "no BulkDataURI in the metadata"
     assert all(uri.startswith(f"{gateway.url}/dicom-web/studies/") for uri in uris), uris[0]
 
 
-def test_frames_answer_the_accept_header_that_ohif_sends(gateway: Gateway, study: StudyManifest) -> None:
+def test_frames_answer_the_accept_header_that_ohif_sends(
+    gateway: Gateway, study: StudyManifest
+) -> None:
     record = study.instances[0]
     answer = gateway.get(
         f"/dicom-web/studies/{study.study_instance_uid}/series/{record.series_instance_uid}"
@@ -253,12 +299,17 @@ def test_the_archive_rest_api_and_its_pages_are_not_exposed(gateway: Gateway) ->
     for path in ("/system", "/instances", "/app/explorer.html", "/tools/execute-script"):
         answer = gateway.get(path, cookies=gateway.session())
         assert "ApiVersion" not in answer.text and "Orthanc Explorer" not in answer.text, path
-    for path in ("/dicom-web/servers", "/wado?requestType=WADO"):
-        assert gateway.get(path, auth=gateway.basic("viewer")).status_code == 404, path
+    assert gateway.get("/dicom-web/servers", auth=gateway.basic("viewer")).status_code == 404
+    # WADO-URI is not routed to the archive: the path is the viewer's.
+    wado = gateway.get("/wado?requestType=WADO", auth=gateway.basic("viewer"))
+    assert '<script defer src="/app.bundle.' in wado.text
     for method in ("DELETE", "PUT"):
         answer = requests.request(
-            method, f"{gateway.url}/dicom-web/studies", auth=gateway.basic("sender"),
-            verify=str(gateway.ca), timeout=30,
+            method,
+            f"{gateway.url}/dicom-web/studies",
+            auth=gateway.basic("sender"),
+            verify=str(gateway.ca),
+            timeout=30,
         )
         assert answer.status_code == 403, method
     assert not tcp_connects(lab_host(HOSTS[0]), gateway.address, 8042) or gateway.name == HOSTS[0]
@@ -270,29 +321,47 @@ def test_the_firewall_opens_http_and_https(gateway: Gateway) -> None:
     assert "dport 8042" not in ruleset
 
 
-def test_ohif_opens_the_study_under_the_csp_in_chromium(gateway: Gateway, study: StudyManifest) -> None:
-    from playwright.sync_api import sync_playwright
-
+def test_ohif_opens_the_study_under_the_csp_in_chromium(
+    gateway: Gateway, study: StudyManifest
+) -> None:
     violations: list[str] = []
     frames: list[int] = []
-    shots = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", tempfile.gettempdir())) / "screenshots"
+    shots = (
+        Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", tempfile.gettempdir())) / "screenshots"
+    )
     shots.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
         try:
             # The scenario's CA is not in Chromium's store; TLS itself is tested above.
-            context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 800})
+            context = browser.new_context(
+                ignore_https_errors=True, viewport={"width": 1280, "height": 800}
+            )
             context.add_cookies(
-                [{"name": "pacs_session", "value": credentials("viewer-session"), "url": gateway.url}]
+                [
+                    {
+                        "name": "pacs_session",
+                        "value": credentials("viewer-session"),
+                        "url": gateway.url,
+                    }
+                ]
             )
             page = context.new_page()
             page.add_init_script(
                 "window.__csp = []; document.addEventListener('securitypolicyviolation',"
                 " e => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));"
             )
-            page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+            page.on(
+                "console",
+                lambda m: (
+                    violations.append(m.text) if "Content Security Policy" in m.text else None
+                ),
+            )
             page.on("response", lambda r: frames.append(r.status) if "/frames/" in r.url else None)
-            page.goto(f"{gateway.url}/viewer?StudyInstanceUIDs={study.study_instance_uid}", wait_until="load")
+            page.goto(
+                f"{gateway.url}/viewer?StudyInstanceUIDs={study.study_instance_uid}",
+                wait_until="load",
+            )
             page.wait_for_selector("canvas", timeout=120_000)
             page.wait_for_function("() => window.__csp !== undefined", timeout=10_000)
             deadline = 120
