@@ -143,15 +143,15 @@ def test_status_shows_the_web_gateway_url_and_its_user():
         {
             "web": {
                 "url": "https://127.0.0.1:8443/",
-                "user": "radiologue",
-                "password_file": "inventories/lab/.credentials/pacs-web/radiologue",
+                "user": "lab-radiologist",
+                "password_file": "inventories/lab/.credentials/pacs-web/lab-radiologist",
             }
         }
     )
     assert rows == [
         ("web", "https://127.0.0.1:8443/"),
-        ("  user", "radiologue"),
-        ("  password file", "inventories/lab/.credentials/pacs-web/radiologue"),
+        ("  user", "lab-radiologist"),
+        ("  password file", "inventories/lab/.credentials/pacs-web/lab-radiologist"),
     ]
 
 

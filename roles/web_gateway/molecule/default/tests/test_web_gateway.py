@@ -111,8 +111,31 @@ def gateway(request: pytest.FixtureRequest, workdir: Path, study: StudyManifest)
 
 
 def test_configuration_is_valid(gateway: Gateway) -> None:
-    assert gateway.host.run("nginx -t").rc == 0
+    check = gateway.host.run("nginx -t")
+    assert check.rc == 0, check.stderr
+    assert "[warn]" not in check.stderr, check.stderr
     assert gateway.host.service("nginx").is_running
+
+
+def test_a_broken_file_is_refused_before_it_lands(gateway: Gateway) -> None:
+    host = gateway.host
+    host.check_output(
+        "sed 's/proxy_pass http:\\/\\/pacs_archive;/proxy_pass nowhere;/' "
+        "/etc/nginx/pacs-libre/gateway.conf > /tmp/broken-gateway.conf"
+    )
+    assert "nowhere" in host.check_output("cat /tmp/broken-gateway.conf")
+    check = host.run("pacs-nginx-check /tmp/broken-gateway.conf /etc/nginx/pacs-libre/gateway.conf")
+    assert check.rc == 1
+    assert (
+        "/etc/nginx/pacs-libre/gateway.conf" in check.stderr
+        and "the file in use is kept" in check.stderr
+    )
+    assert (
+        host.run(
+            "pacs-nginx-check /etc/nginx/pacs-libre/gateway.conf /etc/nginx/pacs-libre/gateway.conf"
+        ).rc
+        == 0
+    )
 
 
 def test_http_redirects_to_https(gateway: Gateway) -> None:
