@@ -14,7 +14,7 @@ SCENARIO ?=
 INVENTORY ?= inventories/lab
 
 # Debian packages the lab and the tests need on this machine.
-APT_PACKAGES := podman runc debootstrap slirp4netns uidmap fuse-overlayfs nftables dcmtk openssh-client chromium testssl.sh
+APT_PACKAGES := podman runc debootstrap slirp4netns uidmap fuse-overlayfs nftables dcmtk openssh-client chromium testssl.sh npm
 
 export PACS_LIBRE_ROOT := $(ROOT)
 export PACS_LIBRE_CACHE ?= $(HOME)/.cache/pacs-libre

@@ -138,6 +138,23 @@ def test_status_rows_are_readable_not_json():
     assert not any("{" in where for _service, where in rows)
 
 
+def test_status_shows_the_web_gateway_url_and_its_user():
+    rows = endpoint_rows(
+        {
+            "web": {
+                "url": "https://127.0.0.1:8443/",
+                "user": "lab-radiologist",
+                "password_file": "inventories/lab/.credentials/pacs-web/lab-radiologist",
+            }
+        }
+    )
+    assert rows == [
+        ("web", "https://127.0.0.1:8443/"),
+        ("  user", "lab-radiologist"),
+        ("  password file", "inventories/lab/.credentials/pacs-web/lab-radiologist"),
+    ]
+
+
 def test_unreachable_hint_names_host_address_and_the_lab_fix():
     hints = _hints()
     message = (

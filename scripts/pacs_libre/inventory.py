@@ -199,6 +199,13 @@ PACS_VARIABLES: dict[str, Spec] = {
         "required_in_groups": ["pacs_archive"],
         "description": "Password of the archive's administrator account.",
     },
+    # roles/pki declares it too; listed here for the servers that need it.
+    "pki_ca_passphrase": {
+        "type": "str",
+        "no_log": True,
+        "required_in_groups": ["pacs_servers"],
+        "description": "Passphrase of the deployment CA's key (inventory/pki/ca.key).",
+    },
     "pacs_backup_password": {
         "type": "str",
         "no_log": True,

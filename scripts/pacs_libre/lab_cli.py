@@ -206,7 +206,8 @@ def status_cmd(
 
 def endpoint_rows(endpoints: dict[str, Any]) -> list[tuple[str, str]]:
     """One readable row per service: a URL as it is, a DICOM node as AE title @ host:port,
-    and the other keys of a service as rows of their own."""
+    a service with a ``url`` key as that URL, and the other keys of a service as rows of
+    their own."""
     rows: list[tuple[str, str]] = []
     for service, value in endpoints.items():
         if not isinstance(value, dict):
@@ -218,6 +219,8 @@ def endpoint_rows(endpoints: dict[str, Any]) -> list[tuple[str, str]]:
             if "aet" in details:
                 where = f"AE title {details.pop('aet')} at {where}"
             rows.append((service, where))
+        elif "url" in details:
+            rows.append((service, str(details.pop("url"))))
         for key, item in details.items():
             rows.append((f"  {key.replace('_', ' ')}", _plain(item)))
     return rows
