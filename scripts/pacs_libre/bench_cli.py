@@ -18,7 +18,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from pacs_libre import bench, bench_converge, lab
+from pacs_libre import bench, bench_converge, bench_view, lab
+from pacs_libre.dicom import net
 from pacs_libre.dicom_cli import (
     AET_OPT,
     CALLING_OPT,
@@ -282,6 +283,108 @@ def converge_cmd(
             f"{base.median / timing.median:.2f}x",
         )
     out.print(table)
+
+
+@app.command("view")
+def view_cmd(
+    *,
+    inventory: Path = INVENTORY_OPT,
+    slices: int = typer.Option(300, "--slices", min=1, max=2000, help="CT slices (512x512)."),
+    runs: int = typer.Option(3, "--runs", min=1, max=20, help="Runs of each measure."),
+    screenshots: Path | None = typer.Option(
+        None, "--screenshots", help="Keep a screenshot of each OHIF run in this folder."
+    ),
+    fmt: str = FORMAT_OPT,
+) -> None:
+    """OHIF's time to first image and to the whole CT, and WADO-RS through the gateway vs direct."""
+    _check_format(fmt)
+    inv = inventory if inventory.exists() else lab.project_root() / inventory
+    the_lab = lab.load_lab(inv)
+    web = bench_view.web_endpoint(the_lab)
+    where = resolve_target(None, None, None, inv)
+    with _progress() as bar:
+        task = bar.add_task(f"CT of {slices} slices", total=slices)
+        study = bench_view.view_study(
+            slices,
+            lab.cache_dir() / "bench",
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    with _progress() as bar:
+        task = bar.add_task(f"C-STORE to {where.aet}", total=len(study.paths))
+        report = net.send(
+            study.paths,
+            where.host,
+            where.port,
+            where.aet,
+            where.calling_aet,
+            progress=lambda _r: bar.advance(task),
+        )
+    if report.failed:
+        raise UserError(
+            f"{report.failed} of {len(study.paths)} instances were not stored in {where}"
+        )
+    uid = study.study_instance_uid
+    path = f"/dicom-web/studies/{uid}"
+    with console.status("[bold]WADO-RS[/]") as spinner:
+        retrievals = bench_view.wado_throughput(
+            web.ssh,
+            [
+                {
+                    "label": "gateway",
+                    "url": f"https://127.0.0.1{path}",
+                    "auth": f"{web.user}:{web.password}",
+                },
+                {"label": "direct", "url": f"http://127.0.0.1:8042{path}", "auth": "@orthanc"},
+            ],
+            runs=runs,
+            cafile="/etc/pacs-libre/pki/ca.crt",
+            progress=spinner.update,
+        )
+    with console.status("[bold]OHIF in Chromium[/]") as spinner:
+        views = bench_view.ohif_runs(
+            web.url,
+            uid,
+            user=web.user,
+            password=web.password,
+            expected_frames=slices,
+            runs=runs,
+            screenshot_dir=screenshots,
+            progress=spinner.update,
+        )
+    gateway, direct = retrievals
+    ratio = gateway.mb_per_s / direct.mb_per_s if direct.mb_per_s else None
+    data: dict[str, Any] = {
+        "command": "pacsctl " + " ".join(sys.argv[1:]) if sys.argv else "",
+        "study": {"uid": uid, "slices": slices, "bytes": gateway.bytes},
+        "wado_rs": [
+            {"path": r.label, "url": r.url, "mb_per_s": round(r.mb_per_s, 1), "seconds": r.seconds}
+            for r in retrievals
+        ],
+        "gateway_over_direct": None if ratio is None else round(ratio, 3),
+        "ohif": views.as_dict(),
+    }
+    if fmt == "json":
+        typer.echo(json.dumps(data, indent=2))
+        return
+    table = Table(
+        title=f"WADO-RS of one {slices}-slice CT ({gateway.bytes / 1e6:.0f} MB), "
+        "from the archive host"
+    )
+    for column in ("path", "median MB/s", "runs (s)"):
+        table.add_column(column)
+    for r in retrievals:
+        table.add_row(r.label, f"{r.mb_per_s:.0f}", " ".join(f"{s:.2f}" for s in r.seconds))
+    out.print(table)
+    if ratio is not None:
+        out.print(f"gateway / direct: [bold]{ratio:.2f}x[/] ({(1 - ratio) * 100:.0f} % cost)")
+    summary = views.as_dict()
+    first, whole = summary["first_image_median_s"], summary["all_frames_median_s"]
+    out.print(
+        f"OHIF through /iid, {runs} fresh browser(s): first image "
+        f"[bold]{'-' if first is None else f'{first:.2f} s'}[/] (median), whole series "
+        f"[bold]{'-' if whole is None else f'{whole:.2f} s'}[/] "
+        f"({views.frames}/{slices} frames)"
+    )
 
 
 @app.command("clean")
