@@ -488,6 +488,28 @@ def test_login_refuses_a_wrong_password_and_a_missing_form_token(running):
     assert answer.status == 400 and "pacs_session=v1" not in str(answer.getheaders())
 
 
+def test_a_second_sign_in_page_keeps_the_first_forms_nonce(running):
+    """The browser's /favicon.ico, redirected to /login, must not void the open form."""
+    port, _, _ = running
+    first = call(port, "/login?next=%2F")
+    csrf = first.text.split('name="csrf" value="')[1].split('"')[0]
+    cookie = first.getheader("Set-Cookie").split(";")[0]
+    again = call(port, "/login?next=%2Ffavicon.ico", {"Cookie": cookie})
+    assert again.getheader("Set-Cookie").split(";")[0] == cookie
+    body = urllib.parse.urlencode(
+        {"csrf": csrf, "next": "/", "username": "radiologist", "password": "pw-r"}
+    )
+    answer = call(
+        port,
+        "/login",
+        {"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"},
+        body,
+    )
+    assert answer.status == 303
+    forged = call(port, "/login", {"Cookie": "pacs_login=../../etc"})
+    assert "pacs_login=../../etc" not in forged.getheader("Set-Cookie")
+
+
 def session_of(port: int) -> str:
     answer = login(port, "radiologist", "pw-r")
     return next(

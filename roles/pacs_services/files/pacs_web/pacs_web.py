@@ -65,6 +65,8 @@ from typing import Any
 DEFAULT_CONFIG = "/etc/pacs-libre/pacs-web/config.json"
 SESSION_COOKIE = "pacs_session"
 CSRF_COOKIE = "pacs_login"
+# What secrets.token_urlsafe(18) makes: the sign-in form's nonce.
+NONCE = re.compile(r"[A-Za-z0-9_-]{24}")
 RIGHTS = ("view", "stow", "admin")
 VIEWERS = ("ohif", "weasis")
 
@@ -1276,7 +1278,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def login_form(self, query: str, error: str = "", status: int = 200) -> None:
         next_url = safe_next(urllib.parse.parse_qs(query).get("next", ["/"])[0])
-        nonce = secrets.token_urlsafe(18)
+        # The browser's nonce is kept when it has one: a second sign-in page (another
+        # tab, or the redirect of the browser's own /favicon.ico request while the
+        # first form is open) must not void the form already on screen.
+        held = cookie_value(self.headers.get("cookie", ""), CSRF_COOKIE)
+        nonce = held if NONCE.fullmatch(held) else secrets.token_urlsafe(18)
         csrf = self.service.signer.sign(Claims("csrf", nonce, int(time.time()) + 1800))
         cookie = (
             f"{CSRF_COOKIE}={nonce}; Path=/login; HttpOnly; Secure; SameSite=Strict; Max-Age=1800"
