@@ -10,7 +10,8 @@ import pytest
 
 from dcmtk_servers import storescp
 from pacs_libre.cli import main
-from pacs_libre.dicom_cli import parse_date, parse_hostport, resolve_target
+from pacs_libre.dicom.target import parse_hostport, resolve_target
+from pacs_libre.dicom_cli import parse_date
 from pacs_libre.errors import UserError
 
 NO_LAB = ["--inventory", "/nonexistent/inventory"]

@@ -14,9 +14,19 @@ from typing import Any
 import pytest
 import yaml
 
+from ansible_collections.pacs_libre.core.plugins.module_utils.inventory import (
+    problem,
+    registry,
+    rules,
+    typecheck,
+)
+from ansible_collections.pacs_libre.core.plugins.module_utils.inventory.problem import Problem
+from ansible_collections.pacs_libre.core.plugins.module_utils.inventory.registry import (
+    PLACEHOLDER,
+    Removed,
+)
 from pacs_libre import inventory
 from pacs_libre.cli import main
-from pacs_libre.inventory import PLACEHOLDER, Problem, Removed
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ["lab", "example-ch200", "example-territory"]
@@ -104,7 +114,7 @@ def test_examples_are_accepted_by_ansible_inventory(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["example-ch200", "example-territory"])
 def test_examples_use_changeme_only_for_secrets(name: str) -> None:
-    known = inventory.known_variables()
+    known = inventory.known()
     secrets = known.secrets()
     # Secret fields of list entries (a user's password): named by the field.
     secrets |= {
@@ -137,7 +147,7 @@ def test_example_sizing_is_what_pacsctl_size_writes(name: str, tmp_path: Path) -
 
 
 def test_known_variables_come_from_every_source() -> None:
-    known = inventory.known_variables()
+    known = inventory.known()
     assert known.owners["base_timezone"] == "role base"
     assert known.owners["base_firewall_owner"] == "role base"  # another entry point
     assert known.owners["preflight_check_storage"] == "role preflight"
@@ -183,11 +193,26 @@ def test_unknown_variable_of_another_tool_is_allowed_by_its_prefix(
     assert inventory.check(inv) == []
 
 
+def test_the_removed_dependent_lists_point_to_the_consumer_entry_point(
+    copy_of: Callable[[str], Path],
+) -> None:
+    inv = copy_of(CH200)
+    edit(
+        inv / "host_vars/pacs-db.ch-exemple.fr.yml",
+        postgresql_dependent_users=[{"name": "ris", "databases": ["ris"]}],
+    )
+    [problem] = inventory.check(inv)
+    assert problem.rule == "removed-variable"
+    assert problem.key == "postgresql_dependent_users"
+    assert "tasks_from: consumer" in problem.message
+    assert problem.fix == "delete it (docs/upgrade-notes.md)"
+
+
 def test_removed_variable_names_its_replacement(
     copy_of: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(
-        inventory.REMOVED_VARIABLES,
+        registry.REMOVED_VARIABLES,
         "pacs_aet",
         Removed(version="0.2.0", why="each host has its own AE title", new="pacs_dicom_aet"),
     )
@@ -242,11 +267,11 @@ def test_wrong_types_choices_and_fields(copy_of: Callable[[str], Path]) -> None:
 
 
 def test_a_quoted_number_is_a_number_as_in_ansible() -> None:
-    assert inventory.check_value("4242", {"type": "int"}, "k") == []
-    assert inventory.check_value(True, {"type": "int"}, "k")
-    assert inventory.check_value(inventory.VAULTED, {"type": "int"}, "k") == []
-    assert inventory.check_value("{{ other }}", {"type": "int"}, "k") == []
-    assert inventory.check_value(None, {"type": "str", "default": "x"}, "k") == [
+    assert typecheck.check_value("4242", {"type": "int"}, "k") == []
+    assert typecheck.check_value(True, {"type": "int"}, "k")
+    assert typecheck.check_value(typecheck.VAULTED, {"type": "int"}, "k") == []
+    assert typecheck.check_value("{{ other }}", {"type": "int"}, "k") == []
+    assert typecheck.check_value(None, {"type": "str", "default": "x"}, "k") == [
         (
             "k",
             "has no value",
@@ -322,10 +347,10 @@ def test_ae_title_format(copy_of: Callable[[str], Path], aet: str, message: str)
 
 
 def test_ae_title_of_a_device_follows_dicom_only() -> None:
-    assert inventory.ae_title_problem("Horos lecture", strict=False) is None
-    assert inventory.ae_title_problem(" CT1 ", strict=False) is None
-    assert "forbids ('\\t')" in str(inventory.ae_title_problem("CT\t1", strict=False))
-    assert inventory.ae_title_problem("Horos lecture", strict=True)
+    assert rules.ae_title_problem("Horos lecture", strict=False) is None
+    assert rules.ae_title_problem(" CT1 ", strict=False) is None
+    assert "forbids ('\\t')" in str(rules.ae_title_problem("CT\t1", strict=False))
+    assert rules.ae_title_problem("Horos lecture", strict=True)
 
 
 def test_duplicate_port_on_one_host(copy_of: Callable[[str], Path]) -> None:
@@ -485,7 +510,7 @@ def test_every_rule_is_reported_at_once(copy_of: Callable[[str], Path]) -> None:
         "storage",
         "missing-secret",
     }
-    assert problems == sorted(problems, key=inventory.problem_order)
+    assert problems == sorted(problems, key=problem.problem_order)
 
 
 def test_cli_prints_every_problem_and_exits_1(

@@ -76,25 +76,43 @@ def test_missing_inventory_is_refused_with_the_fix(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "argv",
+    ("argv", "needles"),
     [
-        ["lab", "status", "--format", "xml"],
-        ["lab", "image", "--debian", "11"],
-        ["lab", "status", "--inventory", "/nonexistent"],
-        ["lab", "nosuchcommand"],
+        (["lab", "status", "--format", "xml"], ["'--format'", "'xml'", "'table', 'json'"]),
+        (["lab", "image", "--debian", "11"], ["Debian", "11", "13"]),
+        (["lab", "status", "--inventory", "/nonexistent"], ["/nonexistent", "--inventory"]),
+        (["lab", "nosuchcommand"], ["nosuchcommand"]),
     ],
 )
-def test_bad_cli_input_exits_2_with_one_line(argv):
+def test_bad_cli_input_exits_2_with_one_line_that_names_the_fault(argv, needles):
     proc = subprocess.run([PACSCTL, *argv], capture_output=True, text=True, check=False)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("pacsctl: error:")
-    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} missing from: {lines[0]}"
+    assert proc.stdout == ""
 
 
-def test_version():
+def test_version(capsys):
+    from pacs_libre import __version__  # noqa: PLC0415
+
     assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"pacsctl {__version__}"
+
+
+def test_a_failed_converge_names_the_playbook_and_its_exit(tmp_path):
+    """lab.converge runs the real ansible-playbook; a playbook that fails is named."""
+    inventory = tmp_path / "inventory"
+    inventory.mkdir()
+    (inventory / "hosts.yml").write_text("all:\n  hosts:\n    localhost: {}\n")
+    playbook = tmp_path / "broken.yml"
+    playbook.write_text(
+        "- hosts: localhost\n  gather_facts: false\n  tasks:\n    - not_a_module: {}\n"
+    )
+    with pytest.raises(lab.LabStepError, match=r"broken\.yml failed on the lab \(exit [1-9]"):
+        lab.converge(inventory, playbook)
 
 
 def test_containers_conf_sets_runc_and_ulimits_within_hard_limits():

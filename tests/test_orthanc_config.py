@@ -127,3 +127,74 @@ def test_the_checker_refuses_broken_json(tmp_path: Path):
     result = _check(tmp_path, '{"DicomAet": "X",}')
     assert result.returncode == 1
     assert "not valid JSON" in result.stderr
+
+
+# --- What vars/main.yml derives: tunnels, firewall, sandbox. ---------------------------------
+
+MIXED = [
+    {"name": "ct", "aet": "CT", "host": "10.0.0.1", "port": 104},
+    {"name": "peer", "aet": "PEER", "host": "pacs.chu.fr", "port": 2762, "tls": True},
+    {"name": "us", "aet": "US", "host": "10.0.0.3", "port": 104, "tls": False},
+    {"name": "site2", "aet": "SITE2", "host": "10.9.0.5", "port": 2762, "tls": True},
+    {"name": "ct2", "aet": "CT2", "host": "10.0.0.1", "port": 105},
+]
+
+
+def test_tls_tunnels_are_numbered_once_for_orthanc_and_stunnel():
+    tunnels = config.orthanc_tls_tunnels(MIXED, 11200)
+    assert [(t["name"], t["local_port"], t["host_is_ip"]) for t in tunnels] == [
+        ("peer", 11200, False),
+        ("site2", 11201, True),
+    ]
+    modalities = config.orthanc_modalities(MIXED, 11200)
+    for tunnel in tunnels:
+        assert modalities[tunnel["name"]]["Host"] == "127.0.0.1"
+        assert modalities[tunnel["name"]]["Port"] == tunnel["local_port"]
+    assert modalities["us"]["Host"] == "10.0.0.3"
+
+
+def test_firewall_opens_each_port_to_its_own_nodes_or_to_the_networks():
+    ports = config.orthanc_firewall_ports(MIXED, dicom_port=4242, tls_port=2762, tls_enabled=True)
+    assert ports == [
+        {"name": "dicom", "port": 4242, "proto": "tcp", "sources": ["10.0.0.1", "10.0.0.3"]},
+        {
+            "name": "dicom-tls",
+            "port": 2762,
+            "proto": "tcp",
+            "sources": ["pacs.chu.fr", "10.9.0.5"],
+        },
+    ]
+    nets = ["10.20.0.0/16"]
+    ports = config.orthanc_firewall_ports(
+        MIXED, dicom_port=4242, tls_port=2762, tls_enabled=False, networks=nets
+    )
+    assert ports == [{"name": "dicom", "port": 4242, "proto": "tcp", "sources": nets}]
+
+
+def test_a_port_that_nobody_may_reach_stays_closed():
+    only_tls = [n for n in MIXED if n.get("tls")]
+    ports = config.orthanc_firewall_ports(
+        only_tls, dicom_port=4242, tls_port=2762, tls_enabled=True
+    )
+    assert [p["name"] for p in ports] == ["dicom-tls"]
+    assert config.orthanc_firewall_ports([], dicom_port=4242, tls_port=2762, tls_enabled=True) == []
+
+
+def test_nodes_named_by_dns_are_found():
+    assert config.orthanc_dns_nodes(MIXED) == ["pacs.chu.fr"]
+    assert config.orthanc_dns_nodes([{"host": "::1"}, {"host": "fe80::1"}]) == []
+
+
+@pytest.mark.parametrize(
+    ("capbnd", "expected"),
+    [
+        ("000001ffffffffff", True),  # a server or VM: every capability
+        ("00000000a80425fb", False),  # podman's default set: no CAP_SYS_ADMIN
+        ("00000000a82425fb", True),  # the same with CAP_SYS_ADMIN (bit 21)
+        ("0000000000200000", True),
+        ("", False),
+        ("garbage", False),
+    ],
+)
+def test_the_sandbox_needs_cap_sys_admin_in_pid1s_bounding_set(capbnd, expected):
+    assert config.orthanc_can_sandbox(capbnd) is expected

@@ -15,8 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 ROLES = roledoc.roles_with_specs(ROOT)
 
 
-def test_there_are_roles_to_check():
-    assert "base" in [r.name for r in ROLES]
+def test_every_role_is_checked():
+    """Every folder of roles/ with tasks is a role with specs, so none escapes these tests."""
+    on_disk = sorted(p.parent.parent.name for p in ROOT.glob("roles/*/tasks/main.yml"))
+    assert {"base", "preflight", "postgresql", "orthanc"} <= set(on_disk)
+    assert sorted(r.name for r in ROLES) == on_disk
 
 
 @pytest.mark.parametrize("role", ROLES, ids=lambda r: r.name)
@@ -59,8 +62,12 @@ def test_every_variable_carries_the_role_prefix(role):
 
 @pytest.mark.parametrize("role", ROLES, ids=lambda r: r.name)
 def test_no_config_file_is_edited_with_lineinfile(role):
-    for task_file in (role / "tasks").glob("*.yml"):
-        assert not re.search(r"\blineinfile\b", task_file.read_text()), task_file
+    """Whole files from templates: nowhere in a role (tasks, handlers, molecule playbooks)."""
+    files = sorted(role.rglob("*.yml"))
+    assert any(f.parent.name == "tasks" for f in files)
+    for path in files:
+        found = re.search(r"\b(lineinfile|blockinfile|replace):", path.read_text())
+        assert not found, f"{path}: {found.group(1)} edits a file in place; template it whole"
 
 
 def test_templates_start_with_ansible_managed():
@@ -74,3 +81,67 @@ def test_render_table_refuses_a_file_without_specs(tmp_path):
     bad.write_text("something: else\n")
     with pytest.raises(UserError, match="argument_specs"):
         roledoc.render_table(bad)
+
+
+def _tasks(path):
+    """Every task of a task file, blocks opened, each with the blocks around it."""
+
+    def walk(items, parents):
+        for item in items or []:
+            yield item, parents
+            for key in ("block", "rescue", "always"):
+                if key in item:
+                    yield from walk(item[key], [*parents, item])
+
+    return list(walk(yaml.safe_load(path.read_text()), []))
+
+
+# The certificate tasks are being replaced by the pki role's entry point.
+_GUARD_EXEMPT = {"roles/orthanc/tasks/tls.yml", "roles/postgresql/tasks/tls.yml"}
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda r: r.name)
+def test_the_check_mode_guard_is_on_blocks_and_imports_not_on_tasks(role):
+    """`__<role>_check_fresh` is derived once and guards whole blocks or task files."""
+    guard = f"__{role.name}_check_fresh"
+    for path in sorted((role / "tasks").glob("*.yml")):
+        if str(path.relative_to(ROOT)) in _GUARD_EXEMPT:
+            continue
+        for task, _ in _tasks(path):
+            when = task.get("when")
+            conditions = when if isinstance(when, list) else [when] if when else []
+            if any(guard in str(c) for c in conditions):
+                opens = "block" in task or any(
+                    k.endswith(("import_tasks", "include_tasks")) for k in task
+                )
+                assert opens, f"{path}: task {task.get('name')!r} repeats {guard}; guard its block"
+
+
+def test_orthanc_waits_for_every_protocol_it_serves():
+    """After a (re)start, the role waits for HTTP, DICOM and DICOM TLS, not HTTP alone."""
+    tasks = [t for t, _ in _tasks(ROOT / "roles/orthanc/tasks/service.yml")]
+    waited = {
+        str(t["ansible.builtin.wait_for"]["port"]) for t in tasks if "ansible.builtin.wait_for" in t
+    }
+    assert waited == {"{{ __orthanc_dicom_port }}", "{{ __orthanc_dicom_tls_port }}"}
+    assert any(
+        "ansible.builtin.uri" in t and "/system" in t["ansible.builtin.uri"]["url"] for t in tasks
+    )
+
+
+def test_postgresql_connects_locally_through_module_defaults():
+    """One socket variable, given once per task file by module_defaults, not on each task."""
+    for path in sorted((ROOT / "roles/postgresql/tasks").glob("*.yml")):
+        text = path.read_text()
+        assert "/var/run/postgresql" not in text, path
+        if path.name in ("objects.yml", "service.yml", "monitoring.yml"):
+            assert "login_unix_socket" not in text.split("block:", 1)[-1], path
+
+
+def test_orthanc_readme_says_where_the_index_connection_has_tls():
+    """orthanc.json turns EnableSsl off on the Unix socket: the README must not claim TLS there."""
+    readme = (ROOT / "roles/orthanc/README.md").read_text()
+    assert "Orthanc connects with TLS (`EnableSsl`)." not in readme
+    assert "Unix socket" in readme
+    template_vars = (ROOT / "roles/orthanc/vars/main.yml").read_text()
+    assert 'EnableSsl: "{{ not __orthanc_database_on_socket }}"' in template_vars

@@ -9,19 +9,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ansible_collections.pacs_libre.core.plugins.module_utils.pgtune import (
+    DiskType,
+    PgWorkload,
+    SizingError,
+    pg_size,
+    postgresql_settings,
+)
+from ansible_collections.pacs_libre.core.plugins.module_utils.sizing_vars import SIZING_GROUP_VARS
 from pacs_libre.sizing import (
     DEFAULT_MIX,
     GIB,
-    DiskType,
     Modality,
-    PgWorkload,
     RaidLevel,
-    SizingError,
     SizingInputs,
     StorageOptions,
-    pg_size,
+    group_vars,
     plan_array,
-    postgresql_settings,
     size,
 )
 
@@ -312,3 +316,29 @@ def test_over_budget_is_reported() -> None:
     result = size(SizingInputs(beds=2000, years=20))
     assert not result.cost.within_budget
     assert any("envelope" in warning for warning in result.warnings)
+
+
+# --- The group_vars contract. ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        SizingInputs(beds=200),
+        SizingInputs(beds=600, years=10, ram_gb=64, cpus=16),
+        SizingInputs(beds=None, studies={Modality.CT: 9000, Modality.MR: 3000}),
+    ],
+    ids=["seed", "big", "explicit-counts"],
+)
+def test_group_vars_keep_their_contract(inputs: SizingInputs) -> None:
+    """Every sizing variable is written, in the contract's order, with the contract's type."""
+    written = group_vars(size(inputs))
+    assert [name for name, _, _ in written] == list(SIZING_GROUP_VARS)
+    python_types = {"int": (int,), "float": (int, float), "str": (str,), "dict": (dict,)}
+    for name, value, comment in written:
+        kind, declared = SIZING_GROUP_VARS[name]
+        assert comment == declared
+        if value is None:
+            assert name == "pacs_sizing_beds"  # explicit counts: no beds
+            continue
+        assert isinstance(value, python_types[kind]) and not isinstance(value, bool), name

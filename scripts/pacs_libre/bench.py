@@ -23,6 +23,10 @@ Method (docs/performance.md):
 ``--baseline`` runs the same load against a *stock* Orthanc on an identical lab host
 (``pacs-bench-stock`` on the network ``pacs-bench``): Debian's ``orthanc`` package with
 its own configuration (SQLite index), installed by apt.
+
+Why one module of about 670 lines: the pool, both senders and the stock host are one
+method whose parts must stay comparable run for run; ``bench_converge`` (another
+method) and the CLI are apart.
 """
 
 from __future__ import annotations
@@ -141,8 +145,36 @@ def prepare_run(pool: Sequence[Path], run_dir: Path, run_id: str | None = None) 
 # ---------------------------------------------------------------------- workers
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the benchmark sends: the archive's DICOM address, its AE title and ours."""
+
+    host: str
+    port: int
+    called_aet: str
+    calling_aet: str
+
+    def __str__(self) -> str:
+        return f"{self.called_aet}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """What one pynetdicom worker process is given (pickled once, at spawn)."""
+
+    index: int
+    paths: list[str]
+    where: Endpoint
+    #: multiprocessing's Barrier, and Queues of progress ticks and of WorkerResult dicts.
+    barrier: Any
+    ticks: Any
+    results: Any
+
+
 @dataclass
 class WorkerResult:
+    """What one worker reports back, as a dict through the results queue."""
+
     index: int
     start: float = 0.0
     end: float = 0.0
@@ -153,19 +185,20 @@ class WorkerResult:
     errors: list[str] = field(default_factory=list)
 
 
-def _worker(job: tuple[int, list[str], tuple[str, int, str, str], Any, Any, Any]) -> None:
-    """One association: connect, wait for all, send the share, report.
-
-    ``job`` is (index, paths, (host, port, called, calling), barrier, ticks, results).
-    """
-    index, paths, where, barrier, ticks, results = job
-    host, port, called, calling = where
-    result = WorkerResult(index)
-    infos = [net._file_info(Path(p)) for p in paths]
+def _worker(job: WorkerJob) -> None:
+    """One association: connect, wait for all, send the share, report."""
+    where, barrier, ticks = job.where, job.barrier, job.ticks
+    result = WorkerResult(job.index)
+    infos = [net.file_info(Path(p)) for p in job.paths]
     cpu0 = time.process_time()
     try:
         with net.associate(
-            host, port, called, calling, net.storage_contexts(infos), timeout=120.0
+            where.host,
+            where.port,
+            where.called_aet,
+            where.calling_aet,
+            net.storage_contexts(infos),
+            timeout=120.0,
         ) as assoc:
             barrier.wait(timeout=300)
             result.start = time.monotonic()
@@ -194,7 +227,7 @@ def _worker(job: tuple[int, list[str], tuple[str, int, str, str], Any, Any, Any]
         result.errors.append("another worker could not associate")
         result.failed = len(infos)
     result.cpu_seconds = time.process_time() - cpu0
-    results.put(asdict(result))
+    job.results.put(asdict(result))
 
 
 @dataclass
@@ -252,10 +285,11 @@ def run_ingest(
         raise UserError(f"--sender {sender}: use one of {', '.join(SENDERS)}")
     associations = min(associations, len(paths))
     shares = [[str(p) for p in paths[i::associations]] for i in range(associations)]
+    where = Endpoint(host, port, called_aet, calling_aet)
     if sender == "dcmtk":
         return _run_storescu(
             shares,
-            (host, port, called_aet, calling_aet),
+            where,
             label=label,
             progress=progress,
             counters=counters,
@@ -264,9 +298,8 @@ def run_ingest(
     barrier = ctx.Barrier(associations)
     ticks = ctx.Queue()
     results = ctx.Queue()
-    where = (host, port, called_aet, calling_aet)
     workers = [
-        ctx.Process(target=_worker, args=((i, shares[i], where, barrier, ticks, results),))
+        ctx.Process(target=_worker, args=(WorkerJob(i, shares[i], where, barrier, ticks, results),))
         for i in range(associations)
     ]
     for worker in workers:
@@ -331,7 +364,7 @@ def _stored(lines: list[bytes]) -> tuple[int, int]:
 
 def _run_storescu(
     shares: list[list[str]],
-    where: tuple[str, int, str, str],
+    where: Endpoint,
     *,
     label: str,
     progress: Callable[[int], None] | None,
@@ -348,7 +381,7 @@ def _run_storescu(
             "dcmtk's storescu is not on PATH. Fix: `make prereqs` (apt package dcmtk), "
             "or pass --sender python"
         )
-    host, port, called, calling = where
+    host, port, called, calling = where.host, where.port, where.called_aet, where.calling_aet
     env = {**os.environ, "TCP_NODELAY": "1"}
     with tempfile.TemporaryDirectory(prefix="pacs-bench-storescu-") as tmp:
         logs = [Path(tmp) / f"association-{i}.log" for i in range(len(shares))]
@@ -471,14 +504,14 @@ class ServerCounters:
 
     def _host_pid(self) -> int:
         """The archive's main process, as the machine sees it (its /proc is readable here)."""
-        proc = lab._run(
+        proc = lab.run_tool(
             ["podman", "exec", self.container, "systemctl", "show", "-P", "MainPID", self.unit],
             check=False,
         )
         inner = proc.stdout.strip()
         if proc.returncode != 0 or not inner or inner == "0":
             raise UserError(f"{self.unit} is not running in {self.container}")
-        top = lab._run(["podman", "top", self.container, "pid", "hpid"], check=False)
+        top = lab.run_tool(["podman", "top", self.container, "pid", "hpid"], check=False)
         for line in top.stdout.splitlines()[1:]:
             fields = line.split()
             if len(fields) == 2 and fields[0] == inner and fields[1].isdigit():
@@ -539,7 +572,7 @@ def _machine_cpu() -> dict[str, float]:
 
 def container_for_port(port: int) -> str | None:
     """The running lab container that publishes ``port`` on 127.0.0.1, if any."""
-    proc = lab._run(["podman", "ps", "--format", "json"], check=False)
+    proc = lab.run_tool(["podman", "ps", "--format", "json"], check=False)
     if proc.returncode != 0 or not proc.stdout.strip():
         return None
     for entry in json.loads(proc.stdout):
@@ -560,7 +593,7 @@ def free_port() -> int:
 
 
 def _published_port(container: str) -> int | None:
-    proc = lab._run(["podman", "port", container, "4242/tcp"], check=False)
+    proc = lab.run_tool(["podman", "port", container, "4242/tcp"], check=False)
     text = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not text:
         return None
@@ -609,7 +642,7 @@ def ensure_stock(
     lab.ensure_host(the_lab, host)
     lab.wait_booted(host)
     progress("apt-get install orthanc (Debian's package, its own configuration)")
-    proc = lab._run(["podman", "exec", STOCK_CONTAINER, "sh", "-c", STOCK_INSTALL], check=False)
+    proc = lab.run_tool(["podman", "exec", STOCK_CONTAINER, "sh", "-c", STOCK_INSTALL], check=False)
     if proc.returncode != 0:
         detail = (proc.stdout + proc.stderr).strip().splitlines()
         raise UserError(
@@ -632,7 +665,7 @@ def ensure_stock(
 
 
 def stock_version() -> str:
-    proc = lab._run(
+    proc = lab.run_tool(
         ["podman", "exec", STOCK_CONTAINER, "dpkg-query", "-W", "-f=${Version}", "orthanc"],
         check=False,
     )

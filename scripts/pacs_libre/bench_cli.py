@@ -19,17 +19,16 @@ from rich.progress import (
 from rich.table import Table
 
 from pacs_libre import bench, bench_converge, bench_view, lab
-from pacs_libre.dicom import net
-from pacs_libre.dicom_cli import (
+from pacs_libre.cli_options import (
     AET_OPT,
     CALLING_OPT,
     FORMAT_OPT,
     INVENTORY_OPT,
     TARGET_OPT,
-    Target,
-    _check_format,
-    resolve_target,
+    TableOrJson,
 )
+from pacs_libre.dicom import net
+from pacs_libre.dicom.target import Target, resolve_target
 from pacs_libre.errors import UserError
 
 app = typer.Typer(
@@ -78,10 +77,9 @@ def ingest_cmd(
     cache: Path | None = typer.Option(
         None, "--cache", help="Where the instance pool lives (default: the pacs-libre cache)."
     ),
-    fmt: str = FORMAT_OPT,
+    fmt: TableOrJson = FORMAT_OPT,
 ) -> None:
     """Sustained C-STORE ingest: images/s and MB/s over N parallel associations."""
-    _check_format(fmt)
     if associations < 1 or associations > 64:
         raise UserError(f"--associations {associations}: use 1 to 64")
     if instances < 1:
@@ -226,10 +224,9 @@ def _table(runs: list[bench.IngestResult], ratio: float | None) -> None:
 def stock_cmd(
     *,
     debian: str = typer.Option(lab.DEFAULT_DEBIAN, "--debian", help="13 or 12."),
-    fmt: str = FORMAT_OPT,
+    fmt: TableOrJson = FORMAT_OPT,
 ) -> None:
     """Start (or reuse) the stock Orthanc host alone and print its DICOM endpoint."""
-    _check_format(fmt)
     lab.ImageRecipe.for_debian(debian)
     with console.status("[bold]stock Orthanc host[/]") as spinner:
         host, port, aet = bench.ensure_stock(
@@ -294,10 +291,9 @@ def view_cmd(
     screenshots: Path | None = typer.Option(
         None, "--screenshots", help="Keep a screenshot of each OHIF run in this folder."
     ),
-    fmt: str = FORMAT_OPT,
+    fmt: TableOrJson = FORMAT_OPT,
 ) -> None:
     """OHIF's time to first image and to the whole CT, and WADO-RS through the gateway vs direct."""
-    _check_format(fmt)
     inv = inventory if inventory.exists() else lab.project_root() / inventory
     the_lab = lab.load_lab(inv)
     web = bench_view.web_endpoint(the_lab)

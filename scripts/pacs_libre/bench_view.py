@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pacs_libre import viewer
+from pacs_libre import lab, viewer
 from pacs_libre.dicom.synth import StudyManifest, make_study
 from pacs_libre.errors import UserError
 
@@ -224,8 +224,8 @@ def web_endpoint(the_lab: Any) -> WebEndpoint:
         )
     web = holder.endpoints["web"]
     password_file = Path(str(web.get("password_file", "")))
-    if not password_file.is_absolute():
-        password_file = Path(the_lab.inventory) / password_file
+    if not password_file.is_absolute():  # as lab status shows it: from the project's root
+        password_file = lab.project_root() / password_file
     if not password_file.is_file():
         raise UserError(
             f"the lab user's password file {password_file} does not exist: run `make lab` first"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from pacs_libre import lab
+from pacs_libre.cli_options import (
+    AET_OPT,
+    CALLING_OPT,
+    FORMAT_OPT,
+    INVENTORY_OPT,
+    TARGET_OPT,
+    TableOrJson,
+)
 from pacs_libre.dicom import net, synth
+from pacs_libre.dicom.target import resolve_target
 from pacs_libre.errors import UserError
 
 app = typer.Typer(
@@ -29,89 +36,6 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 out = Console()
-
-DEFAULT_INVENTORY = Path("inventories/lab")
-
-TARGET_OPT = typer.Option(
-    None, "--target", help="Archive DICOM address HOST:PORT (default: the lab's endpoint)."
-)
-AET_OPT = typer.Option(None, "--aet", help="The archive's AE title (default: the lab's).")
-CALLING_OPT = typer.Option(
-    None, "--calling-aet", help="Our AE title, declared on the archive (default: the lab's)."
-)
-INVENTORY_OPT = typer.Option(
-    DEFAULT_INVENTORY, "--inventory", "-i", help="Lab inventory that gives the defaults."
-)
-FORMAT_OPT = typer.Option("table", "--format", help="table or json.")
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where a DICOM command connects, and as whom."""
-
-    host: str
-    port: int
-    aet: str
-    calling_aet: str
-
-    def __str__(self) -> str:
-        return f"{self.aet}@{self.host}:{self.port} (as {self.calling_aet})"
-
-
-def parse_hostport(value: str, option: str = "--target") -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` too) or a one-line error naming the option."""
-    match = re.fullmatch(r"\[?([^\[\]]+?)\]?:(\d{1,5})", value.strip())
-    if not match or not 0 < int(match.group(2)) < 65536:
-        raise UserError(f"{option} '{value}' is not HOST:PORT (for example 127.0.0.1:4242)")
-    return match.group(1), int(match.group(2))
-
-
-def lab_dicom_endpoint(inventory: Path) -> dict[str, Any] | None:
-    """The lab's ``endpoints.dicom`` (host, port, aet, test_calling_aets), or None."""
-    path = inventory if inventory.exists() else lab.project_root() / inventory
-    if not path.exists():
-        return None
-    try:
-        endpoint = lab.status(lab.load_lab(path))["endpoints"].get("dicom")
-    except UserError:
-        return None
-    return endpoint if isinstance(endpoint, dict) else None
-
-
-def resolve_target(
-    target: str | None,
-    aet: str | None,
-    calling_aet: str | None,
-    inventory: Path = DEFAULT_INVENTORY,
-) -> Target:
-    """Explicit options win; what is missing comes from the lab; else a one-line error."""
-    endpoint: dict[str, Any] | None = None
-    if target is None or aet is None or calling_aet is None:
-        endpoint = lab_dicom_endpoint(inventory)
-    lab_note = "the lab publishes no DICOM endpoint (`pacsctl lab status`)"
-    if target is not None:
-        host, port = parse_hostport(target)
-    elif endpoint and endpoint.get("host") and endpoint.get("port"):
-        host, port = str(endpoint["host"]), int(endpoint["port"])
-    else:
-        raise UserError(f"{lab_note}: pass --target HOST:PORT")
-    if aet is None:
-        if endpoint and endpoint.get("aet"):
-            aet = str(endpoint["aet"])
-        else:
-            raise UserError(f"{lab_note}: pass --aet with the archive's AE title")
-    if calling_aet is None:
-        callers = (endpoint or {}).get("test_calling_aets") or []
-        if callers:
-            calling_aet = str(callers[0])
-        else:
-            raise UserError(f"{lab_note}: pass --calling-aet with an AE title the archive knows")
-    return Target(host, port, aet, calling_aet)
-
-
-def _check_format(fmt: str) -> None:
-    if fmt not in {"table", "json"}:
-        raise UserError(f"--format '{fmt}' is not supported: use table or json")
 
 
 # ------------------------------------------------------------------------- synth
@@ -126,10 +50,9 @@ def synth_cmd(
     cr: bool = typer.Option(True, "--cr/--no-cr", help="One CR chest radiograph."),
     patient: str = typer.Option(synth.DEFAULT_PATIENT, "--patient", help="PatientName, DICOM PN."),
     seed: int = typer.Option(0, "--seed", help="Same seed, same bytes."),
-    fmt: str = FORMAT_OPT,
+    fmt: TableOrJson = FORMAT_OPT,
 ) -> None:
     """Write a deterministic synthetic study (CT, MR, CR) and its manifest.json."""
-    _check_format(fmt)
     if ct < 0 or mr < 0:
         raise UserError("--ct and --mr must be zero or more")
     if ct + mr == 0 and not cr:
@@ -196,10 +119,9 @@ def send_cmd(
     aet: str | None = AET_OPT,
     calling_aet: str | None = CALLING_OPT,
     inventory: Path = INVENTORY_OPT,
-    fmt: str = FORMAT_OPT,
+    fmt: TableOrJson = FORMAT_OPT,
 ) -> None:
     """C-STORE files to the archive over one association; exit 1 if any failed."""
-    _check_format(fmt)
     files = net.expand_paths(paths)
     if not files:
         raise UserError("nothing to send: no files under the given paths")
@@ -267,10 +189,9 @@ def find_cmd(
     aet: str | None = AET_OPT,
     calling_aet: str | None = CALLING_OPT,
     inventory: Path = INVENTORY_OPT,
-    fmt: str = FORMAT_OPT,
+    fmt: TableOrJson = FORMAT_OPT,
 ) -> None:
     """C-FIND (Study Root) on the archive; accented names match (UTF-8 query)."""
-    _check_format(fmt)
     level = level.upper()
     if level not in net.RETURN_KEYS:
         raise UserError(f"--level '{level}' is not supported: use STUDY, SERIES or IMAGE")

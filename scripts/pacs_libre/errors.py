@@ -1,8 +1,9 @@
-"""Errors that pacsctl reports to a person as one line, with exit status 2."""
+"""Errors that pacsctl reports to a person as one line, with exit status 2.
 
+The class lives with the Python that the roles share (pacs_libre.core's module_utils), so that
+an error raised by the inventory rules is the same error here and in the preflight role.
+"""
 
-class UserError(Exception):
-    """Bad input or an unusable environment: print the message, no traceback, exit 2.
+from ansible_collections.pacs_libre.core.plugins.module_utils.errors import UserError
 
-    The message names what is wrong (file, key, value) and how to fix it.
-    """
+__all__ = ["UserError"]

@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import json
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from pacs_libre import inventory
+from pacs_libre.cli_options import CHECK_FORMAT_OPT, CheckFormat
 
 app = typer.Typer(help="Inventories: check them before deploying.", no_args_is_help=True)
-
-
-class CheckFormat(StrEnum):
-    """How ``pacsctl inventory check`` prints its result."""
-
-    TEXT = "text"
-    JSON = "json"
 
 
 @app.command("check")
@@ -34,18 +27,13 @@ def check_cmd(
             "e.g. ~/.cache/pacs-libre/ansible-facts.",
         ),
     ] = None,
-    output_format: Annotated[
-        CheckFormat, typer.Option("--format", case_sensitive=False, help="Output format.")
-    ] = CheckFormat.TEXT,
+    output_format: CheckFormat = CHECK_FORMAT_OPT,
 ) -> None:
     """Report every problem of an inventory: each with its file, key and fix.
 
     Exits 1 when there are problems, 0 when there are none.
     """
-    view = inventory.load_view(path)
-    if facts is not None:
-        view.facts = inventory.load_facts(facts.expanduser(), view.hosts)
-    report = inventory.check_view(view)
+    report = inventory.check_report(path, facts_dir=facts.expanduser() if facts else None)
     if output_format is CheckFormat.JSON:
         typer.echo(
             json.dumps(

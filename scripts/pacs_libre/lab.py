@@ -14,6 +14,12 @@ by ``CONTAINERS_CONF``; nothing is written to ``/etc/containers``.
 
 Every podman object the lab creates carries the label ``org.pacs-libre.lab``
 and a name of its own, so the lab only ever touches what it made.
+
+Why one module of about 870 lines: the image, the inventory's hosts and the
+containers share the podman runner, the cache folder and the locks that keep two
+scenarios from creating hosts at the same instant; split apart, each part would
+import the other two. SSH (``lab_ssh``) and the CLI (``lab_cli``) are apart already.
+Split it along its section rules (image / inventory / containers) when a part grows.
 """
 
 from __future__ import annotations
@@ -142,13 +148,17 @@ def podman_env() -> dict[str, str]:
     return env
 
 
-def _run(
+def run_tool(
     args: Sequence[str],
     *,
     check: bool = True,
     input_text: str | None = None,
     timeout: float | None = None,
 ) -> subprocess.CompletedProcess[str]:
+    """Run podman (or another tool) in the project's environment, output captured.
+
+    A missing tool or a timeout is a one-line error; so is a non-zero exit when ``check``.
+    """
     try:
         proc = subprocess.run(
             list(args),
@@ -223,7 +233,7 @@ class ImageRecipe:
 
 def image_recipe_of(image: str) -> str | None:
     """The recipe digest that an existing image was built from, or None if absent."""
-    proc = _run(["podman", "image", "inspect", image], check=False)
+    proc = run_tool(["podman", "image", "inspect", image], check=False)
     if proc.returncode != 0:
         return None
     data = json.loads(proc.stdout or "[]")
@@ -331,7 +341,9 @@ def _build_image(recipe: ImageRecipe, progress: Callable[[str], None]) -> None:
             tar.wait()
         if tar.returncode != 0 or imported.returncode != 0:
             raise LabStepError("podman import", imported.stderr.strip() or "tar failed")
-    _run(["podman", "image", "prune", "--force", "--filter", f"label={LABEL}=image"], check=False)
+    run_tool(
+        ["podman", "image", "prune", "--force", "--filter", f"label={LABEL}=image"], check=False
+    )
 
 
 def _prepare_rootfs(target: Path, recipe: ImageRecipe) -> None:
@@ -451,7 +463,7 @@ def load_lab(inventory: Path) -> Lab:
     """
     if not inventory.exists():
         raise UserError(f"inventory '{inventory}' does not exist: pass --inventory inventories/lab")
-    proc = _run(
+    proc = run_tool(
         [tool("ansible-inventory"), "-i", str(inventory), "--list", "--export"],
         check=False,
     )
@@ -565,7 +577,7 @@ def apt_cache_mount() -> str:
 
 
 def container_state(name: str) -> dict[str, Any] | None:
-    proc = _run(["podman", "container", "inspect", name], check=False)
+    proc = run_tool(["podman", "container", "inspect", name], check=False)
     if proc.returncode != 0:
         return None
     data = json.loads(proc.stdout or "[]")
@@ -573,7 +585,7 @@ def container_state(name: str) -> dict[str, Any] | None:
 
 
 def _image_id(image: str) -> str | None:
-    proc = _run(["podman", "image", "inspect", "--format", "{{.Id}}", image], check=False)
+    proc = run_tool(["podman", "image", "inspect", "--format", "{{.Id}}", image], check=False)
     return proc.stdout.strip() or None if proc.returncode == 0 else None
 
 
@@ -590,10 +602,10 @@ def podman_changes() -> Iterator[None]:
 
 def ensure_network(lab: Lab) -> bool:
     """Create the lab's network unless it exists. True if created."""
-    if _run(["podman", "network", "exists", lab.network], check=False).returncode == 0:
+    if run_tool(["podman", "network", "exists", lab.network], check=False).returncode == 0:
         return False
     with podman_changes():
-        _run(["podman", "network", "create", "--label", f"{LABEL}={lab.name}", lab.network])
+        run_tool(["podman", "network", "create", "--label", f"{LABEL}={lab.name}", lab.network])
     return True
 
 
@@ -615,17 +627,17 @@ def ensure_host(lab: Lab, host: LabHost) -> str:
             # ended with the machine's session, and conmon with them): exec then
             # fails with "cannot exec in a stopped container". Such a host is
             # replaced below; its data lives in its volume.
-            alive = _run(["podman", "exec", host.container, "true"], check=False)
+            alive = run_tool(["podman", "exec", host.container, "true"], check=False)
             if alive.returncode == 0:
                 return f"reused (running){note}"
             status = "dead"
         if status in {"exited", "stopped", "created", "configured"}:
-            start = _run(["podman", "start", host.container], check=False)
+            start = run_tool(["podman", "start", host.container], check=False)
             if start.returncode == 0:
                 return f"restarted (was {status}){note}"
         # A leftover that cannot start (killed mid-creation, network gone, dead):
         # its data lives in the volume, so replacing the container loses nothing.
-        _run(["podman", "rm", "--force", host.container])
+        run_tool(["podman", "rm", "--force", host.container])
     args = [
         "podman",
         "run",
@@ -647,8 +659,8 @@ def ensure_host(lab: Lab, host: LabHost) -> str:
         args += ["--cap-add", capability]
     if host.srv_volume:
         volume = lab.host_volume(host)
-        if _run(["podman", "volume", "exists", volume], check=False).returncode != 0:
-            _run(["podman", "volume", "create", "--label", f"{LABEL}={lab.name}", volume])
+        if run_tool(["podman", "volume", "exists", volume], check=False).returncode != 0:
+            run_tool(["podman", "volume", "create", "--label", f"{LABEL}={lab.name}", volume])
         args += ["--volume", f"{volume}:/srv"]
     for volume_spec in host.volumes or [apt_cache_mount()]:
         args += ["--volume", volume_spec]
@@ -660,10 +672,10 @@ def ensure_host(lab: Lab, host: LabHost) -> str:
     # bound, remove what it left, and try once more.
     with podman_changes():
         try:
-            _run(args, timeout=RUN_TIMEOUT)
+            run_tool(args, timeout=RUN_TIMEOUT)
         except LabStepError:
-            _run(["podman", "rm", "--force", "--time", "5", host.container], check=False)
-            _run(args, timeout=RUN_TIMEOUT)
+            run_tool(["podman", "rm", "--force", "--time", "5", host.container], check=False)
+            run_tool(args, timeout=RUN_TIMEOUT)
     return "created"
 
 
@@ -672,7 +684,7 @@ def wait_booted(host: LabHost, timeout: float = 90.0) -> str:
     deadline = time.monotonic() + timeout
     state = "unknown"
     while time.monotonic() < deadline:
-        proc = _run(
+        proc = run_tool(
             ["podman", "exec", host.container, "systemctl", "is-system-running"], check=False
         )
         state = proc.stdout.strip() or "starting"
@@ -713,10 +725,10 @@ def grant_ssh(lab: Lab) -> Path:
     authorize = lab_ssh.authorize_script(lab_ssh.public_key(lab.ssh_dir))
     endpoints = []
     for host in lab.hosts:
-        _run(["podman", "exec", host.container, "sh", "-c", authorize])
+        run_tool(["podman", "exec", host.container, "sh", "-c", authorize])
         # The host key exists once ssh.service has started (its first-boot unit).
-        _run(["podman", "exec", host.container, "systemctl", "start", "ssh.service"])
-        host_key = _run(["podman", "exec", host.container, "cat", lab_ssh.HOST_KEY]).stdout
+        run_tool(["podman", "exec", host.container, "systemctl", "start", "ssh.service"])
+        host_key = run_tool(["podman", "exec", host.container, "cat", lab_ssh.HOST_KEY]).stdout
         key_type, key_data = host_key.split()[:2]
         endpoints.append(
             lab_ssh.Endpoint(host.container, network_address(lab, host), f"{key_type} {key_data}")
@@ -752,8 +764,20 @@ def start(
     return config
 
 
+def converge(inventory: Path, playbook: Path) -> None:
+    """Run ``playbook`` on the lab of ``inventory``, its output shown as it runs."""
+    cmd = [tool("ansible-playbook"), "-i", str(inventory.resolve()), str(playbook.resolve())]
+    proc = subprocess.run(cmd, env=podman_env(), cwd=project_root(), check=False)
+    if proc.returncode != 0:
+        raise LabStepError(
+            "converge",
+            f"{playbook} failed on the lab (exit {proc.returncode}): "
+            "the failed task is shown above",
+        )
+
+
 def lab_containers(lab_name: str) -> list[dict[str, Any]]:
-    proc = _run(
+    proc = run_tool(
         [
             "podman",
             "ps",
@@ -776,15 +800,15 @@ def down(lab: Lab, *, purge: bool = False) -> list[str]:
     done = []
     for entry in lab_containers(lab.name):
         name = (entry.get("Names") or ["?"])[0]
-        _run(["podman", "rm", "--force", "--time", "20", name])
+        run_tool(["podman", "rm", "--force", "--time", "20", name])
         done.append(f"removed host {name}")
     if purge:
-        proc = _run(
+        proc = run_tool(
             ["podman", "volume", "ls", "--filter", f"label={LABEL}={lab.name}", "--format", "json"],
             check=False,
         )
         for volume in json.loads(proc.stdout or "[]") if proc.returncode == 0 else []:
-            _run(["podman", "volume", "rm", "--force", volume["Name"]])
+            run_tool(["podman", "volume", "rm", "--force", volume["Name"]])
             done.append(f"removed volume {volume['Name']}")
         done += _remove_network_and_keys(lab)
     return done
@@ -792,8 +816,8 @@ def down(lab: Lab, *, purge: bool = False) -> list[str]:
 
 def _remove_network_and_keys(lab: Lab) -> list[str]:
     done = []
-    if _run(["podman", "network", "exists", lab.network], check=False).returncode == 0:
-        _run(["podman", "network", "rm", "--force", lab.network])
+    if run_tool(["podman", "network", "exists", lab.network], check=False).returncode == 0:
+        run_tool(["podman", "network", "rm", "--force", lab.network])
         done.append(f"removed network {lab.network}")
     if lab.ssh_dir is not None and lab_ssh.remove_files(lab.ssh_dir):
         done.append(f"removed SSH keys {lab.ssh_dir}")
@@ -807,7 +831,7 @@ def scenario_down(lab: Lab) -> list[str]:
     with podman_changes():
         for host in lab.hosts:
             if container_state(host.container) is not None:
-                _run(["podman", "rm", "--force", "--time", "10", host.container])
+                run_tool(["podman", "rm", "--force", "--time", "10", host.container])
                 done.append(f"removed host {host.container}")
         done += _remove_network_and_keys(lab)
     return done

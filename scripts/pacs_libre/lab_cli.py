@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from rich.status import Status
 from rich.table import Table
 
 from pacs_libre import lab
+from pacs_libre.cli_options import DEFAULT_INVENTORY, FORMAT_OPT, TableOrJson
 from pacs_libre.errors import UserError
 
 app = typer.Typer(
@@ -23,8 +23,6 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 out = Console()
-
-DEFAULT_INVENTORY = Path("inventories/lab")
 
 
 def _inventory(path: Path) -> Path:
@@ -117,20 +115,11 @@ def _plain_line(line: str) -> None:
 
 
 def _converge(inventory: Path, playbook: Path, retry: str) -> None:
-    root = lab.project_root()
-    cmd = [
-        lab.tool("ansible-playbook"),
-        "-i",
-        str(inventory.resolve()),
-        str(playbook.resolve()),
-    ]
-    console.print(f"[bold]converging:[/] {' '.join(cmd)}")
-    proc = subprocess.run(cmd, env=lab.podman_env(), cwd=root, check=False)
-    if proc.returncode != 0:
-        raise UserError(
-            f"{playbook} failed on the lab (exit {proc.returncode}): "
-            f"the failed task is shown above — {_retry_hint('the converge', retry)}"
-        )
+    console.print(f"[bold]converging:[/] {playbook} on {inventory}")
+    try:
+        lab.converge(inventory, playbook)
+    except lab.LabStepError as exc:
+        raise UserError(f"{exc} — {_retry_hint('the converge', retry)}") from exc
 
 
 @app.command("down")
@@ -166,11 +155,9 @@ def shell_cmd(
 @app.command("status")
 def status_cmd(
     inventory: Path = typer.Option(DEFAULT_INVENTORY, "--inventory", "-i", help="Lab inventory."),
-    fmt: str = typer.Option("table", "--format", help="table or json."),
+    fmt: TableOrJson = FORMAT_OPT,
 ) -> None:
     """Show the hosts, their state and the service endpoints."""
-    if fmt not in {"table", "json"}:
-        raise UserError(f"--format '{fmt}' is not supported: use table or json")
     data = lab.status(lab.load_lab(_inventory(inventory)))
     if fmt == "json":
         typer.echo(json.dumps(data, indent=2))

@@ -15,33 +15,28 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from ansible_collections.pacs_libre.core.plugins.module_utils.pgtune import (
+    DiskType,
+    PgWorkload,
+    SizingError,
+)
 from pacs_libre import __version__
+from pacs_libre.cli_options import SIZE_FORMAT_OPT, SizeFormat
 from pacs_libre.errors import UserError
 from pacs_libre.sizing import (
     BackupOptions,
-    DiskType,
     FilmOptions,
     Modality,
     ModalityProfile,
-    PgWorkload,
     Prices,
     RaidLevel,
-    SizingError,
     SizingInputs,
     SizingResult,
     StorageOptions,
+    group_vars,
     plot_storage_growth,
     size,
 )
-
-
-class OutputFormat(StrEnum):
-    """How ``pacsctl size`` prints its result."""
-
-    TABLE = "table"
-    JSON = "json"
-    YAML = "yaml"
-
 
 _MODALITY_ALIASES = {
     "CT": Modality.CT,
@@ -155,81 +150,6 @@ def _tidy(value: Any) -> Any:
     if isinstance(value, list):
         return [_tidy(item) for item in value]
     return value
-
-
-def group_vars(result: SizingResult) -> list[tuple[str, Any, str]]:
-    """The group_vars the roles consume: (name, value, comment), each name prefixed by its role."""
-    inputs = result.inputs
-    archive = result.archive
-    return [
-        ("pacs_sizing_beds", inputs.beds, "Beds the model was run for (null: explicit counts)."),
-        ("pacs_sizing_years", inputs.years, "Horizon, in years, that the storage is bought for."),
-        ("pacs_sizing_retention_years", inputs.retention, "Years images are kept."),
-        ("pacs_sizing_growth", inputs.growth, "Yearly growth of the volume (0.05 = 5 %)."),
-        (
-            "pacs_sizing_studies_per_year",
-            {m.value: n for m, n in result.studies_per_year.items()},
-            "Studies in the first year, per modality.",
-        ),
-        (
-            "pacs_sizing_images_tb_per_year",
-            result.images_tb_per_year,
-            "Images produced in the first year, TB (after lossless compression, if any).",
-        ),
-        (
-            "pacs_sizing_images_tb_total",
-            result.images_tb_total,
-            "Images stored at the horizon, TB.",
-        ),
-        (
-            "pacs_sizing_archive_storage_tb",
-            archive.filesystem_tb,
-            "Minimum size of the archive filesystem, TB: images at the horizon / max fill.",
-        ),
-        ("pacs_sizing_archive_max_fill", inputs.storage.max_fill, "Fill ratio not to exceed."),
-        ("pacs_sizing_archive_raid_level", archive.raid.value, "RAID level of the archive."),
-        ("pacs_sizing_archive_disk_type", archive.disk_type.value, "Archive disk technology."),
-        ("pacs_sizing_archive_disk_tb", archive.disk_tb, "Size of one archive disk, TB."),
-        ("pacs_sizing_archive_disk_count", archive.disks, "Archive disks, hot spares included."),
-        ("pacs_sizing_archive_raw_disk_tb", archive.raw_tb, "Archive disks bought, TB."),
-        ("pacs_sizing_archive_usable_tb", archive.usable_tb, "Archive array after RAID, TB."),
-        ("pacs_sizing_archive_ram_gb", result.archive_host.ram_gb, "Archive host RAM, GB."),
-        ("pacs_sizing_archive_cpus", result.archive_host.cpus, "Archive host CPU cores."),
-        ("pacs_sizing_backup_copies", inputs.backup.copies, "Backup copies, each on its host."),
-        (
-            "pacs_sizing_backup_retention_days",
-            inputs.backup.retention_days,
-            "Days backups are kept.",
-        ),
-        (
-            "pacs_sizing_backup_tb_per_copy",
-            result.backup_tb_per_copy,
-            "Data one backup copy holds at the horizon, TB.",
-        ),
-        ("pacs_sizing_backup_tb", result.backup_tb, "Backup data over all copies, TB."),
-        (
-            "postgresql_sizing_database_gb_per_year",
-            result.database_gb_per_year,
-            "Database growth in the first year, GB.",
-        ),
-        (
-            "postgresql_sizing_database_gb_total",
-            result.database_gb_total,
-            "Database size at the horizon, GB.",
-        ),
-        (
-            "postgresql_sizing_storage_gb",
-            result.database_storage.filesystem_tb * 1000,
-            "Minimum size of the PostgreSQL data filesystem, GB (room for bloat, WAL, upgrade).",
-        ),
-        ("postgresql_sizing_ram_gb", result.database_host.ram_gb, "Database host RAM, GB."),
-        ("postgresql_sizing_cpus", result.database_host.cpus, "Database host CPU cores."),
-        (
-            "postgresql_sizing_settings",
-            dict(result.postgresql),
-            "postgresql.conf settings from pgtune's formulas for that host.",
-        ),
-    ]
 
 
 def render_group_vars(result: SizingResult, command_line: str) -> str:
@@ -461,9 +381,7 @@ def size_cmd(  # noqa: PLR0912 (one branch per output; inputs are built in _inpu
     films_per_day: Annotated[float, typer.Option(help="Films printed a day today.")] = 50,
     eur_per_film: Annotated[float, typer.Option(help="Price of one film, EUR.")] = 1.20,
     film_days: Annotated[int, typer.Option(help="Days a year films are printed.")] = 240,
-    output_format: Annotated[
-        OutputFormat, typer.Option("--format", case_sensitive=False, help="Output format.")
-    ] = OutputFormat.TABLE,
+    output_format: SizeFormat = SIZE_FORMAT_OPT,
     write_group_vars: Annotated[
         Path | None,
         typer.Option(metavar="PATH", help="Write the result as commented group_vars YAML."),
@@ -554,9 +472,9 @@ def size_cmd(  # noqa: PLR0912 (one branch per output; inputs are built in _inpu
     except SizingError as exc:
         raise UserError(str(exc)) from None
 
-    if output_format is OutputFormat.JSON:
+    if output_format is SizeFormat.JSON:
         typer.echo(json.dumps(_tidy(result.model_dump(mode="json")), indent=2))
-    elif output_format is OutputFormat.YAML:
+    elif output_format is SizeFormat.YAML:
         typer.echo(yaml.safe_dump(_tidy(result.model_dump(mode="json")), sort_keys=False), nl=False)
     else:
         _print_table(result, Console())

@@ -1,9 +1,10 @@
 """Sizing model: from a hospital's activity to disks, servers, PostgreSQL settings and cost.
 
-This module is the one source of truth for pacs-libre's sizing arithmetic. ``pacsctl size``
-prints it, and Ansible consumes it as plain group_vars YAML. The PostgreSQL settings
-(:func:`postgresql_settings`) are also wrapped by an Ansible filter plugin, so this module
-imports neither Typer nor matplotlib at import time (the plot imports matplotlib lazily).
+This module and pgtune's formulas (``pacs_libre.core``'s ``module_utils/pgtune.py``, which the
+postgresql role's filter also runs) are the one source of truth for pacs-libre's sizing
+arithmetic. ``pacsctl size`` prints it, and Ansible consumes it as plain group_vars YAML
+(:func:`group_vars`, the contract of ``module_utils/sizing_vars.py``). The plot imports
+matplotlib lazily.
 
 Units are the ones disks are sold in: 1 TB = 10^12 bytes, 1 GB = 10^9 bytes,
 1 MB = 10^6 bytes, 1 kB = 10^3 bytes. Server RAM is counted in GB as RAM is sold
@@ -20,6 +21,10 @@ The model, year by year (year 1 is the first year of service):
   (all of it while n <= retention).
 
 ``years`` is the horizon reported and bought for; ``retention`` is how long images are kept.
+
+Why one module of about 670 lines: it is the model, read top to bottom against docs/sizing.md
+(inputs, then the arithmetic, then its group_vars); pgtune's formulas and the group_vars contract
+are apart, in the roles' shared Python.
 See docs/sizing.md for the defaults and their sources.
 """
 
@@ -28,9 +33,18 @@ from __future__ import annotations
 import math
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ansible_collections.pacs_libre.core.plugins.module_utils.pgtune import (
+    WAL_SIZES_MB,
+    DiskType,
+    PgWorkload,
+    SizingError,
+    postgresql_settings,
+)
+from ansible_collections.pacs_libre.core.plugins.module_utils.sizing_vars import SIZING_GROUP_VARS
 
 TB = 10**12
 GB = 10**9
@@ -40,10 +54,6 @@ GIB = 2**30
 
 WORKING_DAYS_PER_YEAR = 250
 """Days a year on which imaging is produced and read at full load (weekdays minus holidays)."""
-
-
-class SizingError(ValueError):
-    """Inputs that are valid one by one but cannot be built (e.g. RAID 1 over several disks)."""
 
 
 class Modality(StrEnum):
@@ -58,14 +68,6 @@ class Modality(StrEnum):
     NM_PT = "NM/PT"
 
 
-class DiskType(StrEnum):
-    """Disk technology: sets the price per TB and PostgreSQL's planner and I/O settings."""
-
-    HDD = "hdd"
-    SSD = "ssd"
-    NVME = "nvme"
-
-
 class RaidLevel(StrEnum):
     """Linux software RAID (mdadm) level, or the equivalent hardware RAID."""
 
@@ -74,16 +76,6 @@ class RaidLevel(StrEnum):
     RAID5 = "5"
     RAID6 = "6"
     RAID10 = "10"
-
-
-class PgWorkload(StrEnum):
-    """pgtune's "DB type"."""
-
-    WEB = "web"
-    OLTP = "oltp"
-    DW = "dw"
-    DESKTOP = "desktop"
-    MIXED = "mixed"
 
 
 class _Model(BaseModel):
@@ -328,135 +320,6 @@ class SizingResult(_Model):
 
 
 # --------------------------------------------------------------------------------------------
-# PostgreSQL: pgtune's formulas, in one place.
-# --------------------------------------------------------------------------------------------
-
-_PG_KB_PER_MB = 1024
-_PG_KB_PER_GB = 1024 * 1024
-
-_PG_MAX_CONNECTIONS = {
-    PgWorkload.WEB: 200,
-    PgWorkload.OLTP: 300,
-    PgWorkload.DW: 40,
-    PgWorkload.DESKTOP: 20,
-    PgWorkload.MIXED: 100,
-}
-_PG_WAL_SIZES_MB = {  # (min_wal_size, max_wal_size)
-    PgWorkload.WEB: (1024, 4096),
-    PgWorkload.OLTP: (2048, 8192),
-    PgWorkload.DW: (4096, 16384),
-    PgWorkload.DESKTOP: (100, 2048),
-    PgWorkload.MIXED: (1024, 4096),
-}
-_PG_RANDOM_PAGE_COST = {DiskType.HDD: "4", DiskType.SSD: "1.1", DiskType.NVME: "1.1"}
-_PG_EFFECTIVE_IO_CONCURRENCY = {DiskType.HDD: "2", DiskType.SSD: "200", DiskType.NVME: "1000"}
-_PG_DEFAULT_MAX_WORKER_PROCESSES = 8
-
-
-def pg_size(kb: int) -> str:
-    """Render a size in kB as PostgreSQL (and pgtune) do: GB or MB when exact, else kB."""
-    if kb % _PG_KB_PER_GB == 0:
-        return f"{kb // _PG_KB_PER_GB}GB"
-    if kb % _PG_KB_PER_MB == 0:
-        return f"{kb // _PG_KB_PER_MB}MB"
-    return f"{kb}kB"
-
-
-def postgresql_settings(
-    ram_bytes: int,
-    cpus: int,
-    disk: DiskType | str = DiskType.SSD,
-    max_connections: int | None = None,
-    *,
-    workload: PgWorkload | str = PgWorkload.WEB,
-    pg_version: int = 17,
-) -> dict[str, str]:
-    """PostgreSQL settings for a dedicated Linux database host, by pgtune's formulas.
-
-    Follows pgtune (github.com/le0pard/pgtune, ``configurationSlice.js``) for Linux:
-
-    * ``shared_buffers`` = RAM/4 (desktop RAM/16); ``effective_cache_size`` = 3/4 RAM
-      (desktop RAM/4);
-    * ``maintenance_work_mem`` = RAM/16 (dw RAM/8), capped at 8 GB;
-    * ``work_mem`` = (RAM - shared_buffers) / ((max_connections + max_worker_processes) x 3),
-      halved for dw and mixed, /6 for desktop, at least 4 MB;
-    * ``wal_buffers`` = 3 % of shared_buffers, between 32 kB and 16 MB;
-    * ``min_wal_size`` / ``max_wal_size`` by workload; ``random_page_cost`` and
-      ``effective_io_concurrency`` by disk type; parallel workers from 4 CPUs up.
-
-    Returns setting -> value as postgresql.conf takes it ("4GB", "20560kB", "1.1"), in
-    pgtune's order. ``max_connections`` defaults to pgtune's figure for the workload.
-    """
-    disk = DiskType(disk)
-    workload = PgWorkload(workload)
-    if ram_bytes < 256 * 2**20:
-        raise SizingError(f"{ram_bytes} bytes of RAM is too little for a PostgreSQL server")
-    if cpus < 1:
-        raise SizingError(f"{cpus} CPUs: a server has at least one")
-    total_kb = ram_bytes // 1024
-    connections = max_connections or _PG_MAX_CONNECTIONS[workload]
-    desktop = workload is PgWorkload.DESKTOP
-
-    shared_buffers = total_kb // 16 if desktop else total_kb // 4
-    effective_cache_size = total_kb // 4 if desktop else total_kb * 3 // 4
-    maintenance = total_kb // 8 if workload is PgWorkload.DW else total_kb // 16
-    maintenance = min(maintenance, 8 * _PG_KB_PER_GB)
-
-    wal_buffers = min(3 * shared_buffers // 100, 16 * _PG_KB_PER_MB)
-    if 14 * _PG_KB_PER_MB < wal_buffers < 16 * _PG_KB_PER_MB:
-        wal_buffers = 16 * _PG_KB_PER_MB
-    wal_buffers = max(wal_buffers, 32)
-
-    parallel: dict[str, str] = {}
-    workers = _PG_DEFAULT_MAX_WORKER_PROCESSES
-    if cpus >= 4:
-        workers = cpus
-        per_gather = math.ceil(cpus / 2)
-        if workload is not PgWorkload.DW:
-            per_gather = min(per_gather, 4)
-        parallel["max_worker_processes"] = str(cpus)
-        parallel["max_parallel_workers_per_gather"] = str(per_gather)
-        if pg_version >= 10:
-            parallel["max_parallel_workers"] = str(cpus)
-        if pg_version >= 11:
-            parallel["max_parallel_maintenance_workers"] = str(min(math.ceil(cpus / 2), 4))
-
-    work_mem_base = (total_kb - shared_buffers) / ((connections + workers) * 3)
-    divisor = {PgWorkload.DW: 2, PgWorkload.MIXED: 2, PgWorkload.DESKTOP: 6}.get(workload, 1)
-    work_mem = max(math.floor(work_mem_base / divisor), 4 * _PG_KB_PER_MB)
-
-    min_wal_mb, max_wal_mb = _PG_WAL_SIZES_MB[workload]
-    settings: dict[str, str] = {
-        "max_connections": str(connections),
-        "shared_buffers": pg_size(shared_buffers),
-        "effective_cache_size": pg_size(effective_cache_size),
-        "maintenance_work_mem": pg_size(maintenance),
-        "checkpoint_completion_target": "0.9",
-        "wal_buffers": pg_size(wal_buffers),
-        "default_statistics_target": "500" if workload is PgWorkload.DW else "100",
-        "random_page_cost": _PG_RANDOM_PAGE_COST[disk],
-        "effective_io_concurrency": _PG_EFFECTIVE_IO_CONCURRENCY[disk],
-        "work_mem": pg_size(work_mem),
-        "huge_pages": "try" if shared_buffers >= 2 * _PG_KB_PER_GB else "off",
-    }
-    if pg_version >= 12 and workload in (PgWorkload.WEB, PgWorkload.OLTP, PgWorkload.MIXED):
-        settings["jit"] = "off"
-    if pg_version >= 10:
-        settings["wal_compression"] = "lz4" if pg_version >= 15 else "on"
-    if cpus >= 16:
-        settings["autovacuum_max_workers"] = "5" if cpus >= 32 else "4"
-    if maintenance >= 2 * _PG_KB_PER_GB:
-        settings["autovacuum_work_mem"] = pg_size(2 * _PG_KB_PER_GB)
-    settings["min_wal_size"] = pg_size(min_wal_mb * _PG_KB_PER_MB)
-    settings["max_wal_size"] = pg_size(max_wal_mb * _PG_KB_PER_MB)
-    settings.update(parallel)
-    if desktop:
-        settings["wal_level"] = "minimal"
-        settings["max_wal_senders"] = "0"
-    return settings
-
-
-# --------------------------------------------------------------------------------------------
 # The model.
 # --------------------------------------------------------------------------------------------
 
@@ -636,7 +499,7 @@ def size(inputs: SizingInputs) -> SizingResult:
         workload=inputs.pg_workload,
         pg_version=inputs.pg_version,
     )
-    max_wal_gb = _PG_WAL_SIZES_MB[inputs.pg_workload][1] * 2**20 / GB
+    max_wal_gb = WAL_SIZES_MB[inputs.pg_workload][1] * 2**20 / GB
     # Room for bloat, REINDEX and a copy-mode major upgrade (x1.5), plus the WAL.
     db_needed_tb = (database_gb_total * 1.5 + max_wal_gb * 1.5) * GB / TB
     db_storage_options = inputs.db_storage
@@ -705,6 +568,50 @@ def size(inputs: SizingInputs) -> SizingResult:
         payback_years=cost.total_eur / savings if savings > 0 else None,
         warnings=warnings,
     )
+
+
+def group_vars(result: SizingResult) -> list[tuple[str, Any, str]]:
+    """The group_vars the roles consume: (name, value, comment), in the contract's order.
+
+    The names, types and comments are the contract of ``module_utils/sizing_vars.py``; this
+    function gives each its value, and fails loudly if the two ever disagree.
+    """
+    inputs = result.inputs
+    archive = result.archive
+    values: dict[str, Any] = {
+        "pacs_sizing_beds": inputs.beds,
+        "pacs_sizing_years": inputs.years,
+        "pacs_sizing_retention_years": inputs.retention,
+        "pacs_sizing_growth": inputs.growth,
+        "pacs_sizing_studies_per_year": {m.value: n for m, n in result.studies_per_year.items()},
+        "pacs_sizing_images_tb_per_year": result.images_tb_per_year,
+        "pacs_sizing_images_tb_total": result.images_tb_total,
+        "pacs_sizing_archive_storage_tb": archive.filesystem_tb,
+        "pacs_sizing_archive_max_fill": inputs.storage.max_fill,
+        "pacs_sizing_archive_raid_level": archive.raid.value,
+        "pacs_sizing_archive_disk_type": archive.disk_type.value,
+        "pacs_sizing_archive_disk_tb": archive.disk_tb,
+        "pacs_sizing_archive_disk_count": archive.disks,
+        "pacs_sizing_archive_raw_disk_tb": archive.raw_tb,
+        "pacs_sizing_archive_usable_tb": archive.usable_tb,
+        "pacs_sizing_archive_ram_gb": result.archive_host.ram_gb,
+        "pacs_sizing_archive_cpus": result.archive_host.cpus,
+        "pacs_sizing_backup_copies": inputs.backup.copies,
+        "pacs_sizing_backup_retention_days": inputs.backup.retention_days,
+        "pacs_sizing_backup_tb_per_copy": result.backup_tb_per_copy,
+        "pacs_sizing_backup_tb": result.backup_tb,
+        "postgresql_sizing_database_gb_per_year": result.database_gb_per_year,
+        "postgresql_sizing_database_gb_total": result.database_gb_total,
+        "postgresql_sizing_storage_gb": result.database_storage.filesystem_tb * 1000,
+        "postgresql_sizing_ram_gb": result.database_host.ram_gb,
+        "postgresql_sizing_cpus": result.database_host.cpus,
+        "postgresql_sizing_settings": dict(result.postgresql),
+    }
+    if list(values) != list(SIZING_GROUP_VARS):
+        missing = sorted(set(SIZING_GROUP_VARS) - set(values))
+        extra = sorted(set(values) - set(SIZING_GROUP_VARS))
+        raise AssertionError(f"sizing group_vars out of contract: missing {missing}, extra {extra}")
+    return [(name, values[name], comment) for name, (_, comment) in SIZING_GROUP_VARS.items()]
 
 
 def plot_storage_growth(result: SizingResult, path: Path, title: str | None = None) -> None:

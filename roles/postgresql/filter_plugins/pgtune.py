@@ -1,8 +1,9 @@
 """Filters of the postgresql role.
 
-``postgresql_pgtune`` wraps :func:`pacs_libre.sizing.postgresql_settings`, the one place where
-pgtune's formulas live: ``pacsctl size`` prints the same numbers for a planned server as this
-role writes for a real one. ``postgresql_conf_value`` writes a value as postgresql.conf reads it.
+``postgresql_pgtune`` wraps ``postgresql_settings`` of the collection ``pacs_libre.core``
+(``plugins/module_utils/pgtune.py``), the one place where pgtune's formulas live: ``pacsctl size``
+prints the same numbers for a planned server as this role writes for a real one.
+``postgresql_conf_value`` writes a value as postgresql.conf reads it.
 """
 
 from __future__ import annotations
@@ -12,12 +13,10 @@ from typing import Any
 
 from ansible.errors import AnsibleFilterError
 
-try:
-    from pacs_libre.sizing import SizingError, postgresql_settings
-except ImportError as exc:  # the controller runs outside the project's .venv
-    _IMPORT_ERROR: ImportError | None = exc
-else:
-    _IMPORT_ERROR = None
+from ansible_collections.pacs_libre.core.plugins.module_utils.pgtune import (
+    SizingError,
+    postgresql_settings,
+)
 
 _MIB = 2**20
 
@@ -32,12 +31,6 @@ def postgresql_pgtune(
     pg_version: Any = 17,
 ) -> dict[str, str]:
     """pgtune's settings for ``memory_mb`` MiB of RAM and ``cpus`` CPUs (setting -> value)."""
-    if _IMPORT_ERROR is not None:
-        raise AnsibleFilterError(
-            "postgresql_pgtune needs the pacs_libre Python package, which the project's "
-            f".venv provides ({_IMPORT_ERROR}). Run Ansible from the project's .venv: "
-            "`make venv`, then `.venv/bin/ansible-playbook ...` or `source .venv/bin/activate`."
-        )
     try:
         return postgresql_settings(
             ram_bytes=int(memory_mb) * _MIB,

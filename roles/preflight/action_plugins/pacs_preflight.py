@@ -1,15 +1,15 @@
 """Action plugin of the preflight role: pacs-libre's inventory rules, on the controller.
 
-The rules live once, in ``pacs_libre.inventory`` (``pacsctl inventory check`` runs them on the
-files). Here they run on what Ansible holds: the inventory files (to name the file of each
-key), the variables of every host (templated and decrypted) and their facts. Every problem is
-reported in one failure; nothing is ever changed.
+The rules live once, in the shared Python of the collection ``pacs_libre.core``
+(``plugins/module_utils/inventory``, docs/architecture.md "Shared Python"); ``pacsctl inventory
+check`` runs them on the files. Here they run on what Ansible holds: the inventory files (to
+name the file of each key), the variables of every host (templated and decrypted) and their
+facts. Every problem is reported in one failure; nothing is ever changed.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,11 +17,12 @@ from typing import Any
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 
-try:
-    from pacs_libre import inventory
-except ImportError:  # Ansible runs from another Python than pacsctl's: use the checkout.
-    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))
-    from pacs_libre import inventory
+from ansible_collections.pacs_libre.core.plugins.module_utils.errors import UserError
+from ansible_collections.pacs_libre.core.plugins.module_utils.inventory import (
+    registry,
+    report,
+    sources,
+)
 
 ROLES_DIR = Path(__file__).resolve().parents[2]
 
@@ -48,15 +49,15 @@ class ActionModule(ActionBase):
         hostvars = task_vars["hostvars"]
         groups: Mapping[str, list[str]] = task_vars.get("groups", {})
 
-        sources = inventory.Sources()
+        read = sources.Sources()
         for source in task_vars.get("ansible_inventory_sources", []):
             if os.path.exists(source):
-                found = inventory.read_sources(Path(source), _shown(source))
-                sources.definitions += found.definitions
-                sources.encrypted += found.encrypted
-                sources.problems += found.problems
+                found = sources.read_sources(Path(source), _shown(source))
+                read.definitions += found.definitions
+                read.encrypted += found.encrypted
+                read.problems += found.problems
                 for group, parents in found.parents.items():
-                    sources.parents.setdefault(group, set()).update(parents)
+                    read.parents.setdefault(group, set()).update(parents)
 
         membership: dict[str, set[str]] = {host: set() for host in groups.get("all", [])}
         for group, hosts in groups.items():
@@ -77,10 +78,14 @@ class ActionModule(ActionBase):
                 if "mounts" in host_facts:
                     facts[host] = {"mounts": host_facts["mounts"]}
 
-        known = inventory.known_variables(ROLES_DIR)
-        view = inventory.build_view(
+        try:
+            known = registry.known_variables(ROLES_DIR)
+        except UserError as exc:
+            result.update(failed=True, changed=False, msg=str(exc))
+            return result
+        view = sources.build_view(
             "the inventory",
-            sources,
+            read,
             membership,
             value_of=value_of,
             facts=facts,
@@ -89,24 +94,24 @@ class ActionModule(ActionBase):
         )
         if task_vars.get("inventory_dir"):
             view.shown = _shown(str(task_vars["inventory_dir"]))
-        report = inventory.check_view(view, known)
-        notices = report.notices if check_storage else []
+        checked = report.check_view(view, known)
+        notices = checked.notices if check_storage else []
 
         result["changed"] = False
         result["notices"] = notices
-        if report.problems:
-            lines = [f"- {problem}" for problem in report.problems]
+        if checked.problems:
+            lines = [f"- {problem}" for problem in checked.problems]
             result["failed"] = True
             result["msg"] = "\n".join(
                 [
-                    f"{len(report.problems)} inventory problem(s); no host was changed. "
+                    f"{len(checked.problems)} inventory problem(s); no host was changed. "
                     "Fix them all, then run the playbook again "
                     "(`pacsctl inventory check INVENTORY` shows them without Ansible):",
                     *lines,
                 ]
             )
         else:
-            result["msg"] = f"inventory OK: {len(report.hosts)} host(s), every rule checked" + (
+            result["msg"] = f"inventory OK: {len(checked.hosts)} host(s), every rule checked" + (
                 f" ({'; '.join(notices)})" if notices else ""
             )
         return result

@@ -317,7 +317,7 @@ def echo(
 
 
 @dataclass(frozen=True)
-class _FileInfo:
+class FileInfo:
     path: Path
     sop_class: str
     sop_instance: str
@@ -325,10 +325,10 @@ class _FileInfo:
     size: int
 
 
-def _file_info(path: Path) -> _FileInfo:
+def file_info(path: Path) -> FileInfo:
     try:
         meta = read_file_meta_info(path)
-        return _FileInfo(
+        return FileInfo(
             path=path,
             sop_class=str(meta.MediaStorageSOPClassUID),
             sop_instance=str(meta.MediaStorageSOPInstanceUID),
@@ -354,7 +354,7 @@ def expand_paths(paths: Iterable[Path]) -> list[Path]:
     return found
 
 
-def storage_contexts(infos: Iterable[_FileInfo]) -> list[tuple[str, list[str]]]:
+def storage_contexts(infos: Iterable[FileInfo]) -> list[tuple[str, list[str]]]:
     """One presentation context per SOP class, offering each file's own transfer syntax."""
     wanted: dict[str, list[str]] = {}
     for info in infos:
@@ -379,7 +379,7 @@ def send(
 
     Returns the status of each instance; a refused association raises ``UserError``.
     """
-    infos = [_file_info(p) for p in expand_paths(paths)]
+    infos = [file_info(p) for p in expand_paths(paths)]
     if not infos:
         raise UserError("nothing to send: no files under the given paths")
     report = SendReport()

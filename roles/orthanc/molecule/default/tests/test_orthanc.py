@@ -10,7 +10,17 @@ import json
 import subprocess
 
 import pytest
-from pacs_testlib import address_of, dcmtk, host_spec, lab_host, orthanc_config, orthanc_credentials
+from pacs_testlib import (
+    address_of,
+    dcmtk,
+    host_spec,
+    lab_host,
+    orthanc_config,
+    orthanc_credentials,
+    run_check_mode,
+)
+
+from pacs_libre.dicom.synth import make_study
 
 HOST = "pacs-mol-orthanc-d13"
 AET = "MOLARCHIVE"
@@ -96,7 +106,7 @@ def test_service_runs_sandboxed(host):
     assert host.service("orthanc").is_running
     show = host.check_output(
         "systemctl show orthanc -p NoNewPrivileges -p ProtectSystem -p ReadWritePaths -p User"
-        " -p Environment"
+        " -p Environment -p ProtectKernelTunables -p PrivateDevices -p SystemCallFilter"
     )
     # Nagle's algorithm off on the DICOM port (docs/performance.md).
     assert "TCP_NODELAY=1" in show
@@ -104,12 +114,15 @@ def test_service_runs_sandboxed(host):
     assert "ProtectSystem=strict" in show
     assert "/srv/pacs/orthanc" in show
     assert "User=orthanc" in show
-    # The sandbox holds where systemd can build it (CAP_SYS_ADMIN in PID 1: real
-    # servers and VMs): in the service's view of the files, / is read-only and
-    # its storage writable. A lab container cannot give a mount namespace.
+    # This host has CAP_SYS_ADMIN in PID 1 (molecule.yml), as real servers and VMs do:
+    # the role gives the kernel-level sandbox too, and systemd builds it.
     caps = int(host.check_output("awk '/^CapBnd:/ {print $2}' /proc/1/status"), 16)
-    if not caps & (1 << 21):
-        pytest.skip("no CAP_SYS_ADMIN in this container: systemd cannot build the sandbox")
+    assert caps & (1 << 21), "the scenario host lost SYS_ADMIN: see molecule.yml"
+    props = dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
+    assert props["ProtectKernelTunables"] == "yes"
+    assert props["PrivateDevices"] == "yes"
+    assert props["SystemCallFilter"], "no system call filter: the kernel-level sandbox is off"
+    # In the service's view of the files, / is read-only and its storage writable.
     pid = host.check_output("systemctl show -p MainPID --value orthanc")
     mounts = {
         fields[4]: fields[5]
@@ -119,8 +132,74 @@ def test_service_runs_sandboxed(host):
     }
     assert mounts["/"].startswith("ro")
     assert mounts["/srv/pacs/orthanc"].startswith("rw")
+    assert mounts["/var/lib/orthanc"].startswith("rw")
+
+
+def test_the_python_services_started_under_the_sandbox(host):
+    invocation = host.check_output("systemctl show -p InvocationID --value orthanc").strip()
+    log = host.check_output(f"journalctl --no-pager -o cat _SYSTEMD_INVOCATION_ID={invocation}")
+    assert orthanc_config(host)["PacsLibre"]["Services"]
+    for service in orthanc_config(host)["PacsLibre"]["Services"]:
+        assert f"pacs-libre: service {service} started" in log
+    assert "did not start" not in log
+
+
+def _instances(host) -> int:
+    user, password = orthanc_credentials(host)
+    out = host.check_output(
+        "python3 -c 'import base64,sys,urllib.request as u;"
+        'r=u.Request("http://127.0.0.1:8042/statistics");'
+        'r.add_header("Authorization","Basic "+base64.b64encode(sys.argv[1].encode()).decode());'
+        "print(u.urlopen(r).read().decode())' %s",
+        f"{user}:{password}",
+    )
+    return int(json.loads(out)["CountInstances"])
+
+
+def test_images_are_ingested_under_the_sandbox_plain_and_over_tls(host, tmp_path):
+    """C-STORE on the plain port, and through stunnel's DICOM TLS: both land in the index."""
+    study = make_study(tmp_path / "study", ct_images=2, mr_images=2, cr=False, seed=16)
+    cert = tmp_path / "archive.crt"
+    cert.write_text(host.check_output("cat /etc/orthanc/tls/dicom.crt") + "\n")
+    before = _instances(host)
+    address = address_of(lab_host(HOST))
+    plain = subprocess.run(
+        [dcmtk("storescu"), "-to", "20", "-aet", "MOLMODALITY", "-aec", AET, "+sd", address,
+         "4242", str(study.out_dir / "CT")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert plain.returncode == 0, plain.stderr
+    over_tls = subprocess.run(
+        [dcmtk("storescu"), "-to", "20", "+tla", "+cf", str(cert), "-aet", "MOLTLSMODALITY",
+         "-aec", AET, "+sd", address, "2762", str(study.out_dir / "MR")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert over_tls.returncode == 0, over_tls.stderr
+    assert _instances(host) == before + 4
+    assert host.service("stunnel@pacs-dicom-tls").is_running
 
 
 def test_dicom_tls_is_served(host):
     assert host.service("stunnel@pacs-dicom-tls").is_running
     assert host.socket("tcp://0.0.0.0:2762").is_listening
+
+
+def test_each_service_owns_its_folder_and_the_shared_parent_keeps_its_owner(host):
+    """/srv/pacs holds the database and the archive: neither role takes it from the other."""
+    shared = host.file("/srv/pacs")
+    assert (shared.user, shared.group, shared.mode) == ("root", "root", 0o755)
+    assert (host.file("/srv/pacs/postgresql").user, host.file("/srv/pacs/postgresql").mode) == (
+        "root",
+        0o755,
+    )
+    data = host.file("/srv/pacs/postgresql/17")
+    assert (data.user, data.mode) == ("postgres", 0o750)
+    storage = host.file("/srv/pacs/orthanc")
+    assert (storage.user, storage.group, storage.mode) == ("orthanc", "orthanc", 0o750)
+    # A hospital's own owner and mode on the shared parent survive a rerun.
+    host.run("chgrp adm /srv/pacs && chmod 0751 /srv/pacs")
+    try:
+        recap, changed = run_check_mode()
+        assert recap[HOST] == 0, changed
+    finally:
+        host.run("chgrp root /srv/pacs && chmod 0755 /srv/pacs")
