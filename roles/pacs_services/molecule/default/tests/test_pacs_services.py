@@ -404,7 +404,12 @@ def test_an_expired_token_is_refused(web: Web) -> None:
 def check_mode(*extra: str) -> tuple[dict[str, int], str]:
     """The role's tasks in check mode (--tags pacs_services) on both hosts."""
     playbook = str(Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"]) / "converge.yml")
-    rc, out = run_playbook(playbook, "--check", "--diff", "--tags", "pacs_services", *extra)
+    # The whole inventory folder: MOLECULE_INVENTORY_FILE alone lacks the groups
+    # (pacs_archive, pacs_web) that the scenario's molecule.yml declares.
+    folder = str(Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent)
+    rc, out = run_playbook(
+        playbook, "--check", "--diff", "--tags", "pacs_services", *extra, inventories=[folder]
+    )
     assert rc == 0, out[-4000:]
     recap = {m["host"]: int(m["changed"]) for m in RECAP.finditer(out)}
     assert set(recap) == set(HOSTS), out[-2000:]
@@ -414,6 +419,7 @@ def check_mode(*extra: str) -> tuple[dict[str, int], str]:
 def test_check_mode_tells_the_truth_about_the_user_list() -> None:
     unchanged, out = check_mode()
     assert unchanged == dict.fromkeys(HOSTS, 0), out[-4000:]
+    assert "Write the user list" in out and "Refuse a web host" in out
     users = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "check-users.json"
     users.write_text(
         json.dumps(
