@@ -66,9 +66,27 @@ def orthanc_routing_rules(rules: Sequence[Mapping[str, Any]]) -> list[dict[str, 
     ]
 
 
+def libpq_conninfo(params: Mapping[str, Any]) -> str:
+    """A libpq keyword/value connection string, each value quoted (PQconnectdb's format).
+
+    Orthanc's PostgreSQL plugin hands ``ConnectionUri`` to libpq as it is; this is how
+    pacs-libre sets what the plugin's own settings cannot (sslmode=verify-full and
+    sslrootcert). Values are single-quoted with \\ and \' escaped, so that a password
+    may hold any character.
+    """
+    parts = []
+    for key, value in params.items():
+        if not str(key).isidentifier():
+            raise ValueError(f"not a libpq keyword: {key!r}")
+        text = str(value).replace("\\", "\\\\").replace("'", "\\'")
+        parts.append(f"{key}='{text}'")
+    return " ".join(parts)
+
+
 class FilterModule:
     def filters(self) -> dict[str, Callable[..., Any]]:
         return {
             "orthanc_modalities": orthanc_modalities,
             "orthanc_routing_rules": orthanc_routing_rules,
+            "libpq_conninfo": libpq_conninfo,
         }
