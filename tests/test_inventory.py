@@ -225,6 +225,46 @@ def test_removed_variable_names_its_replacement(
     assert problem.fix == "rename it to pacs_dicom_aet (docs/upgrade-notes.md)"
 
 
+def test_the_self_signed_tls_variables_name_the_deployment_ca(
+    copy_of: Callable[[str], Path],
+) -> None:
+    """The TLS variables that roles/pki replaced are named, each with its replacement."""
+    inv = copy_of(CH200)
+    edit(
+        inv / "group_vars/pacs_archive/archive.yml",
+        orthanc_tls_cert_source="files",
+        orthanc_tls_ca_file="/etc/ssl/hospital-ca.pem",
+    )
+    edit(inv / "group_vars/pacs_database/database.yml", postgresql_tls_selfsigned_days=3650)
+    problems = {p.key: p for p in inventory.check(inv)}
+    assert {p.rule for p in problems.values()} == {"removed-variable"}
+    assert set(problems) == {
+        "orthanc_tls_cert_source",
+        "orthanc_tls_ca_file",
+        "postgresql_tls_selfsigned_days",
+    }
+    assert problems["orthanc_tls_cert_source"].fix == (
+        "rename it to pki_supplied_certificates (docs/upgrade-notes.md)"
+    )
+    assert "pki_supplied_certificates" in problems["orthanc_tls_cert_source"].message
+    assert problems["orthanc_tls_ca_file"].fix == (
+        "rename it to orthanc_tls_verify_peers (docs/upgrade-notes.md)"
+    )
+    assert problems["postgresql_tls_selfsigned_days"].fix == (
+        "rename it to pki_certificate_days (docs/upgrade-notes.md)"
+    )
+
+
+def test_every_removed_variable_is_in_the_upgrade_notes_and_known_no_more() -> None:
+    notes = (ROOT / "docs/upgrade-notes.md").read_text()
+    known = inventory.known_variables()
+    for name, removed in inventory.REMOVED_VARIABLES.items():
+        assert f"`{name}`" in notes, f"{name} is not in docs/upgrade-notes.md"
+        assert name not in known.specs, f"{name} is removed but a role still declares it"
+        if removed.new:
+            assert removed.new in known.specs, f"{name}: its replacement {removed.new} is unknown"
+
+
 def test_upgrade_notes_point_at_the_removed_variables_table() -> None:
     assert "REMOVED_VARIABLES" in (ROOT / "docs/upgrade-notes.md").read_text()
 

@@ -198,3 +198,39 @@ def test_nodes_named_by_dns_are_found():
 )
 def test_the_sandbox_needs_cap_sys_admin_in_pid1s_bounding_set(capbnd, expected):
     assert config.orthanc_can_sandbox(capbnd) is expected
+
+
+def test_the_index_connection_string_quotes_every_value() -> None:
+    conninfo = config.libpq_conninfo(
+        {
+            "host": "pacs-db.ch-exemple.fr",
+            "port": 5432,
+            "password": "it's a \\ secret",
+            "sslmode": "verify-full",
+            "sslrootcert": "/etc/pacs-libre/pki/ca.crt",
+        }
+    )
+    assert conninfo == (
+        "host='pacs-db.ch-exemple.fr' port='5432' password='it\\'s a \\\\ secret' "
+        "sslmode='verify-full' sslrootcert='/etc/pacs-libre/pki/ca.crt'"
+    )
+    with pytest.raises(ValueError, match="not a libpq keyword"):
+        config.libpq_conninfo({"host name": "x"})
+
+
+@pytest.mark.parametrize(
+    ("uri", "ok"),
+    [
+        ("host='db' user='orthanc' password='s3cret' sslmode='verify-full'", True),
+        ("host='db' user='orthanc' password='' sslmode='verify-full'", False),
+        ("host='db' user='orthanc' sslmode='verify-full'", False),
+    ],
+)
+def test_the_checker_reads_the_password_of_a_connection_string(
+    tmp_path: Path, uri: str, ok: bool
+) -> None:
+    index = {"EnableIndex": True, "ConnectionUri": uri}
+    result = _check(tmp_path, json.dumps({**GOOD, "PostgreSQL": index}))
+    assert (result.returncode == 0) is ok, result.stderr
+    if not ok:
+        assert "Password is empty" in result.stderr

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import os
 import shutil
 import struct
 import subprocess
@@ -329,10 +330,12 @@ def test_a_malformed_object_is_refused_and_the_archive_stays_up(
     assert int(answer.NumberOfStudyRelatedInstances) == len(study.instances)
 
 
-def test_dicom_tls_answers_the_tls_node_only_through_tls(archive: Archive, tmp_path: Path) -> None:
-    cert = tmp_path / "archive.crt"
-    cert.write_text(archive.host.check_output("cat /etc/orthanc/tls/dicom.crt") + "\n")
-    over_tls = archive.dcmtk("echoscu", "+tla", "+cf", str(cert), calling=TLS_NODE, port=2762)
+def test_dicom_tls_answers_the_tls_node_only_through_tls(archive: Archive) -> None:
+    # The client trusts the deployment's CA (on the controller, beside the inventory) and
+    # checks the archive's certificate with it: dcmtk verifies the peer by default.
+    inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"])
+    ca = (inventory if inventory.is_dir() else inventory.parent) / "pki" / "ca.crt"
+    over_tls = archive.dcmtk("echoscu", "+tla", "+cf", str(ca), calling=TLS_NODE, port=2762)
     assert over_tls.returncode == 0, over_tls.stderr.decode(errors="replace")
     # The same AE title on the plain port comes from the wrong address: refused.
     assert archive.dcmtk("echoscu", calling=TLS_NODE).returncode != 0

@@ -161,6 +161,23 @@ def orthanc_can_sandbox(capbnd: Any) -> bool:
     return bool(bits >> _CAP_SYS_ADMIN & 1)
 
 
+def libpq_conninfo(params: Mapping[str, Any]) -> str:
+    """A libpq keyword/value connection string, each value quoted (PQconnectdb's format).
+
+    Orthanc's PostgreSQL plugin hands ``ConnectionUri`` to libpq as it is; this is how
+    pacs-libre sets what the plugin's own settings cannot (sslmode=verify-full and
+    sslrootcert). Values are single-quoted with \\ and \' escaped, so that a password
+    may hold any character.
+    """
+    parts = []
+    for key, value in params.items():
+        if not str(key).isidentifier():
+            raise ValueError(f"not a libpq keyword: {key!r}")
+        text = str(value).replace("\\", "\\\\").replace("'", "\\'")
+        parts.append(f"{key}='{text}'")
+    return " ".join(parts)
+
+
 class FilterModule:
     def filters(self) -> dict[str, Callable[..., Any]]:
         return {
@@ -171,4 +188,5 @@ class FilterModule:
             "orthanc_dns_nodes": orthanc_dns_nodes,
             "orthanc_firewall_ports": orthanc_firewall_ports,
             "orthanc_can_sandbox": orthanc_can_sandbox,
+            "libpq_conninfo": libpq_conninfo,
         }

@@ -7,7 +7,11 @@ the address the scenario declares for its test nodes.
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import shlex
 import subprocess
+from pathlib import Path
 
 import pytest
 from pacs_testlib import (
@@ -82,7 +86,23 @@ def test_index_in_postgresql_and_plugins_loaded(system):
     config, plugins = system
     assert {"postgresql-index", "dicom-web", "python"} <= set(plugins)
     assert config["PostgreSQL"]["EnableIndex"] is True
-    assert config["PostgreSQL"]["EnableSsl"] is True
+
+
+def test_index_connection_verifies_the_server_with_the_ca(host):
+    """Over TCP, libpq checks the server's certificate and name (sslmode=verify-full)."""
+    conninfo = orthanc_config(host)["PostgreSQL"]["ConnectionUri"]
+    assert "sslmode='verify-full'" in conninfo
+    assert "sslrootcert='/etc/pacs-libre/pki/ca.crt'" in conninfo
+    query = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+    ok = host.run(f"psql {shlex.quote(conninfo)} -XAtc {shlex.quote(query)}")
+    assert ok.rc == 0 and ok.stdout.strip() == "t", ok.stderr
+    # Another root (a public CA, not the deployment's): the same server is refused.
+    other = conninfo.replace(
+        "/etc/pacs-libre/pki/ca.crt", "/usr/share/ca-certificates/mozilla/ISRG_Root_X1.crt"
+    )
+    refused = host.run(f"psql {shlex.quote(other)} -XAtc 'SELECT 1'")
+    assert refused.rc != 0
+    assert "certificate verify failed" in refused.stderr
 
 
 def test_index_connection_uses_tls(host):
@@ -159,8 +179,7 @@ def _instances(host) -> int:
 def test_images_are_ingested_under_the_sandbox_plain_and_over_tls(host, tmp_path):
     """C-STORE on the plain port, and through stunnel's DICOM TLS: both land in the index."""
     study = make_study(tmp_path / "study", ct_images=2, mr_images=2, cr=False, seed=16)
-    cert = tmp_path / "archive.crt"
-    cert.write_text(host.check_output("cat /etc/orthanc/tls/dicom.crt") + "\n")
+    key, cert, ca = _client_certificate(tmp_path)
     before = _instances(host)
     address = address_of(lab_host(HOST))
     plain = subprocess.run(
@@ -170,8 +189,8 @@ def test_images_are_ingested_under_the_sandbox_plain_and_over_tls(host, tmp_path
     )  # fmt: skip
     assert plain.returncode == 0, plain.stderr
     over_tls = subprocess.run(
-        [dcmtk("storescu"), "-to", "20", "+tla", "+cf", str(cert), "-aet", "MOLTLSMODALITY",
-         "-aec", AET, "+sd", address, "2762", str(study.out_dir / "MR")],
+        [dcmtk("storescu"), "-to", "20", "+tls", str(key), str(cert), "+cf", str(ca),
+         "-aet", "MOLTLS", "-aec", AET, "+sd", address, "2762", str(study.out_dir / "MR")],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert over_tls.returncode == 0, over_tls.stderr
@@ -203,3 +222,52 @@ def test_each_service_owns_its_folder_and_the_shared_parent_keeps_its_owner(host
         assert recap[HOST] == 0, changed
     finally:
         host.run("chgrp root /srv/pacs && chmod 0755 /srv/pacs")
+
+
+def _client_certificate(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A DICOM TLS client's key and certificate, signed by the scenario's deployment CA.
+
+    As a hospital would do for a modality: its request signed with the CA on the controller.
+    """
+    inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"])
+    inventory_dir = inventory if inventory.is_dir() else inventory.parent
+    ca_dir = inventory_dir / "pki"
+    passphrase = inventory_dir / ".credentials" / "pki" / "ca-passphrase"
+    key, csr, cert = tmp_path / "moltls.key", tmp_path / "moltls.csr", tmp_path / "moltls.crt"
+    ext = tmp_path / "ext.cnf"
+    ext.write_text("extendedKeyUsage = clientAuth\n")
+    subprocess.run(
+        ["openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+         "-subj", "/CN=moltls", "-out", str(csr)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    subprocess.run(
+        ["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca_dir / "ca.crt"),
+         "-CAkey", str(ca_dir / "ca.key"), "-passin", f"file:{passphrase}",
+         "-set_serial", str(secrets.randbits(64)), "-days", "1", "-extfile", str(ext),
+         "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return key, cert, ca_dir / "ca.crt"
+
+
+def tls_echo(*tls_args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [dcmtk("echoscu"), "-to", "10", *tls_args, "-aet", "MOLTLS", "-aec", AET,
+         address_of(lab_host(HOST)), "2762"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+
+def test_dicom_tls_admits_a_client_of_the_deployments_ca(tmp_path):
+    key, cert, ca = _client_certificate(tmp_path)
+    # The client checks the archive's certificate against the CA (dcmtk's default),
+    # and presents its own, which stunnel checks (orthanc_tls_verify_peers).
+    result = tls_echo("+tls", str(key), str(cert), "+cf", str(ca))
+    assert result.returncode == 0, result.stderr
+
+
+def test_dicom_tls_refuses_a_client_without_a_certificate(tmp_path):
+    _key, _cert, ca = _client_certificate(tmp_path)
+    result = tls_echo("+tla", "+cf", str(ca))
+    assert result.returncode != 0

@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -70,9 +71,11 @@ def server_address(host) -> str:
 
 @pytest.fixture(scope="module")
 def tls_client(host) -> str:
-    """The server's certificate, copied to the client as the root it trusts."""
-    cert = host.file("/etc/postgresql/tls/server.crt").content
-    encoded = base64.b64encode(cert).decode()
+    """The deployment's CA (on the controller, beside the inventory), copied to the client
+    as the root it trusts: the client then verifies the server's certificate with it."""
+    inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"])
+    ca = (inventory if inventory.is_dir() else inventory.parent) / "pki" / "ca.crt"
+    encoded = base64.b64encode(ca.read_bytes()).decode()
     lab_host(CLIENT).check_output(
         f"mkdir -p /root/.postgresql && echo {encoded} | base64 -d > {ROOT_CERT}"
     )
@@ -166,6 +169,40 @@ def test_tls_connection_from_another_host_works_for_the_declared_user(server_add
     denied = client_psql(conninfo, "INSERT INTO probe VALUES (2)", "pacs_archive_reader")
     assert denied.rc != 0
     assert "permission denied" in denied.stderr
+
+
+def test_the_server_certificate_comes_from_the_deployment_ca(host):
+    pki = "/etc/pacs-libre/pki"
+    verify = host.run(
+        f"openssl verify -CAfile {pki}/ca.crt -purpose sslserver {pki}/postgresql.crt"
+    )
+    assert verify.rc == 0, verify.stdout + verify.stderr
+    key = host.file(f"{pki}/postgresql.key")
+    assert (key.user, key.group, key.mode) == ("root", "postgres", 0o640)
+    assert sql(host, "SHOW ssl_cert_file") == f"{pki}/postgresql.crt"
+    assert sql(host, "SHOW ssl_ca_file") == f"{pki}/ca.crt"
+
+
+def test_a_client_that_trusts_another_ca_is_refused(server_address, tmp_path):
+    """verify-full with another root: the server cannot prove who it is, the client stops."""
+    other = tmp_path / "other-ca.crt"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+         "-keyout", str(tmp_path / "other-ca.key"), "-subj", "/CN=another CA",
+         "-days", "1", "-out", str(other)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    encoded = base64.b64encode(other.read_bytes()).decode()
+    lab_host(CLIENT).check_output(
+        f"mkdir -p /root/.postgresql && echo {encoded} | base64 -d > /root/.postgresql/other-ca.crt"
+    )
+    conninfo = (
+        f"host={server_address} dbname=pacs_archive sslmode=verify-full "
+        "sslrootcert=/root/.postgresql/other-ca.crt"
+    )
+    result = client_psql(conninfo, "SELECT 1", "pacs_archive")
+    assert result.rc != 0
+    assert "certificate verify failed" in result.stderr
 
 
 def test_wrong_password_is_refused(server_address, tls_client):

@@ -38,9 +38,31 @@ _CONSUMER = (
     "a role or playbook declares its databases and users with the postgresql role's "
     "consumer entry point (tasks_from: consumer), on the database host too"
 )
+_PKI = "the deployment's CA (roles/pki) issues every certificate"
+_SUPPLIED = f"{_PKI}; a hospital's own certificate goes in pki_supplied_certificates (docs/pki.md)"
 REMOVED_VARIABLES: dict[str, Removed] = {
     "postgresql_dependent_databases": Removed(version="0.2.0", why=_CONSUMER),
     "postgresql_dependent_users": Removed(version="0.2.0", why=_CONSUMER),
+    "orthanc_tls_cert_source": Removed("0.2.0", _SUPPLIED, "pki_supplied_certificates"),
+    "orthanc_tls_cert_file": Removed("0.2.0", _SUPPLIED, "pki_supplied_certificates"),
+    "orthanc_tls_key_file": Removed("0.2.0", _SUPPLIED, "pki_supplied_certificates"),
+    "orthanc_tls_ca_file": Removed(
+        "0.2.0",
+        f"{_PKI}; stunnel checks DICOM TLS clients against /etc/pacs-libre/pki/ca.crt "
+        "(the hospital's own CA: pki_extra_ca_files)",
+        "orthanc_tls_verify_peers",
+    ),
+    "orthanc_tls_selfsigned_days": Removed("0.2.0", _PKI, "pki_certificate_days"),
+    "postgresql_tls_cert_source": Removed("0.2.0", _SUPPLIED, "pki_supplied_certificates"),
+    "postgresql_tls_cert_file": Removed("0.2.0", _SUPPLIED, "pki_supplied_certificates"),
+    "postgresql_tls_key_file": Removed("0.2.0", _SUPPLIED, "pki_supplied_certificates"),
+    "postgresql_tls_ca_file": Removed(
+        "0.2.0",
+        f"{_PKI}; ssl_ca_file is /etc/pacs-libre/pki/ca.crt (the hospital's own CA: "
+        "pki_extra_ca_files)",
+        "pki_extra_ca_files",
+    ),
+    "postgresql_tls_selfsigned_days": Removed("0.2.0", _PKI, "pki_certificate_days"),
 }
 
 
