@@ -257,8 +257,8 @@ def test_the_self_signed_tls_variables_name_the_deployment_ca(
 
 def test_every_removed_variable_is_in_the_upgrade_notes_and_known_no_more() -> None:
     notes = (ROOT / "docs/upgrade-notes.md").read_text()
-    known = inventory.known_variables()
-    for name, removed in inventory.REMOVED_VARIABLES.items():
+    known = inventory.known()
+    for name, removed in registry.REMOVED_VARIABLES.items():
         assert f"`{name}`" in notes, f"{name} is not in docs/upgrade-notes.md"
         assert name not in known.specs, f"{name} is removed but a role still declares it"
         if removed.new:

@@ -135,7 +135,7 @@ class Gateway:
 
     def audit(self) -> str:
         """The audit trail on the host (JSON lines)."""
-        return str(self.host.check_output("cat /var/log/pacs-libre/*.log 2>/dev/null || true"))
+        return str(self.host.check_output("cat /var/log/pacs-libre/pacs-web/audit.log"))
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
