@@ -13,8 +13,9 @@ DEBIAN ?= 13
 SCENARIO ?=
 INVENTORY ?= inventories/lab
 
-# Debian packages the lab and the tests need on this machine.
-APT_PACKAGES := podman runc debootstrap slirp4netns uidmap fuse-overlayfs nftables dcmtk openssh-client chromium testssl.sh
+# Debian packages the lab and the tests need on this machine (prometheus: its
+# promtool runs the alert rules' unit tests).
+APT_PACKAGES := podman runc debootstrap slirp4netns uidmap fuse-overlayfs nftables dcmtk openssh-client chromium testssl.sh prometheus
 
 export PACS_LIBRE_ROOT := $(ROOT)
 export PACS_LIBRE_CACHE ?= $(HOME)/.cache/pacs-libre

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import email
 import json
+import os
+import subprocess
 import time
 import urllib.parse
 import urllib.request
@@ -26,6 +28,7 @@ from email.message import Message
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 from aiosmtpd.controller import Controller
 from pacs_testlib import ExecTunnel, host_spec, lab_host, orthanc_credentials
@@ -164,6 +167,15 @@ def test_a_filling_filesystem_fires_the_forecast_by_mail(host, prometheus, inbox
         host.run(f"rm -f {fill}")
 
 
+def _dated_today(folder: Path) -> None:
+    """Study date today: the archive counts the studies of this month and the last."""
+    today = time.strftime("%Y%m%d", time.gmtime())
+    for path in folder.rglob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        ds.StudyDate = today
+        ds.save_as(path)
+
+
 def _send(folder: Path, address: str) -> list[int]:
     ae = AE(ae_title=MODALITY)
     ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2")  # CT Image Storage
@@ -193,6 +205,7 @@ def test_past_its_limit_the_archive_refuses_and_keeps_what_it_has(host, tmp_path
     for seed in range(1, 12):
         folder = tmp_path / f"study{seed}"
         make_study(folder, ct_images=10, mr_images=0, cr=False, seed=seed)
+        _dated_today(folder)
         statuses = _send(folder, address)
         if all(s == 0 for s in statuses):
             accepted.append(folder)
@@ -228,3 +241,27 @@ def test_the_unit_tests_of_the_rules_are_installed(host):
 
 def test_lab_host_helper_reaches_the_host():
     assert lab_host(HOST).run("true").rc == 0
+
+
+def test_the_storage_report_draws_plan_and_reality(prometheus, tmp_path):
+    """`pacsctl report storage` on the real Prometheus; its answers are kept beside the page.
+
+    tests/data/report/ holds such a recording, for the report's unit tests.
+    """
+    out = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "report"
+    out.mkdir(exist_ok=True)
+    page, answers = out / "storage-report.html", out / "answers.json"
+    proc = subprocess.run(
+        ["pacsctl", "report", "storage", "--prometheus", prometheus, "--days", "0.05",
+         "--hospital", "pacs-mol-mon", "--out", str(page), "--record", str(answers)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = page.read_text()
+    assert "sizing plan" in text and "<svg" in text
+    assert "Studies per month, by modality" in text
+    recorded = json.loads(answers.read_text())
+    assert recorded["used"]["result"], "no storage samples"
+    assert any(s["metric"].get("modality") == "CT" for s in recorded["studies"]["result"]), (
+        recorded["studies"]
+    )
