@@ -38,8 +38,11 @@ help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 prereqs: ## Install the Debian packages the lab needs (as root), or say which
+	@# A command already on PATH counts as present (npm may come with a Node.js that is not Debian's,
+	@# and Debian's npm package would then conflict with it).
 	@missing=""; for p in $(APT_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" \
+	    || command -v $$p >/dev/null || missing="$$missing $$p"; \
 	done; \
 	if [ -z "$$missing" ]; then echo "prereqs: all present"; exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then \

@@ -173,8 +173,19 @@ def test_dicomweb_refuses_anonymous_and_wrong_password(gateway: Gateway) -> None
     assert gateway.get("/dicom-web/studies", auth=(USER, gateway.password))[0] == 200
 
 
-def test_ohif_draws_the_study_opened_through_iid(gateway: Gateway) -> None:
-    uid = gateway.study.study_instance_uid
+@pytest.fixture(scope="module")
+def ct_study(tmp_path_factory: pytest.TempPathFactory) -> StudyManifest:
+    """A study of one 300-slice CT alone, so that OHIF shows that series and fetches it whole
+    (with the scenario's study, OHIF's first viewport may hold its MR or its CR)."""
+    return make_study(
+        tmp_path_factory.mktemp("ct-study"), ct_images=300, mr_images=0, cr=False, seed=300
+    )
+
+
+def test_ohif_draws_the_study_opened_through_iid(gateway: Gateway, ct_study: StudyManifest) -> None:
+    uid = ct_study.study_instance_uid
+    report = net.send(ct_study.paths, gateway.address, 4242, HOSTS[gateway.name], MODALITY)
+    assert not report.failed, report.as_dict()
     shot = REPORT / "artifacts" / f"{gateway.name}-ohif-iid.png"
     view = viewer.open_study(
         gateway.url,
@@ -186,7 +197,7 @@ def test_ohif_draws_the_study_opened_through_iid(gateway: Gateway) -> None:
     )
     assert view.path.startswith("/viewer") and uid in view.path, view.path
     assert view.lit > 0.02 and view.levels > 16, f"a blank viewport: {view}"
-    assert view.frames == 300, f"{view.frames} of the CT's 300 frames arrived"
+    assert view.frames >= 300, f"{view.frames} of the CT's 300 frames arrived"
     assert "(1/300)" in view.text, "OHIF does not show the CT's 300 slices"
     assert shot.stat().st_size > 10_000
 
@@ -238,7 +249,7 @@ def test_testssl_grades_the_gateway_a() -> None:
         host = lab_host(name)
         address = address_of(host)
         runner.check_output(
-            f"cat > /tmp/{name}-ca.crt <<'EOF'\n{host.check_output(f'cat {CA}')}\nEOF"
+            f"cat > /root/{name}-ca.crt <<'EOF'\n{host.check_output(f'cat {CA}')}\nEOF"
         )
         out = f"/root/testssl-{name}.json"
         runner.run(

@@ -1308,29 +1308,25 @@ class Handler(BaseHTTPRequestHandler):
             return
         name, password, client = field_("username").strip(), field_("password"), self.client()
         keys = [f"ip:{client}", f"user:{name}"]
-        if self.service.limiter.blocked(keys):
+
+        def refuse(reason: str, error: str, status: int) -> None:
             self.service.audit.write(
                 event="login",
                 outcome="failed",
                 user=name,
                 auth="form",
                 client=client,
-                reason="too many failures",
+                reason=reason,
             )
-            self.login_form(again, "blocked", 429)
+            self.login_form(again, error, status)
+
+        if self.service.limiter.blocked(keys):
+            refuse("too many failures", "blocked", 429)
             return
         user = self.service.check_password(name, password)
         if user is None:
             self.service.limiter.fail(keys)
-            self.service.audit.write(
-                event="login",
-                outcome="failed",
-                user=name,
-                auth="form",
-                client=client,
-                reason="wrong name or password",
-            )
-            self.login_form(again, "failed", 401)
+            refuse("wrong name or password", "failed", 401)
             return
         self.service.audit.write(
             event="login", outcome="ok", user=user.name, auth="form", client=client
