@@ -270,6 +270,9 @@ def test_the_storage_report_draws_plan_and_reality(prometheus, tmp_path):
 
     tests/data/report/ holds such a recording, for the report's unit tests.
     """
+    # The studies stored by the test above are counted every 20 s here
+    # (monitoring_archive_studies_interval_seconds), then scraped.
+    wait_for(prometheus, 'pacs_archive_studies{modality="CT"} > 0', timeout=120)
     out = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "report"
     out.mkdir(exist_ok=True)
     page, answers = out / "storage-report.html", out / "answers.json"
