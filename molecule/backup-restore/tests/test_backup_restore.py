@@ -136,8 +136,6 @@ def restored(studies: tuple[StudyManifest, StudyManifest]) -> Iterator[dict[str,
         "restore_drill_wipe=true",
         "-e",
         f"restore_drill_confirm={ARCHIVE}",
-        # The whole inventory folder: its hosts file holds the groups.
-        inventories=[str(Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent)],
     )
     assert rc == 0, output[-6000:]
     after = stack.instances()
