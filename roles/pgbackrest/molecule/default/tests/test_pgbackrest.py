@@ -50,9 +50,13 @@ def test_the_stanza_has_a_full_backup(repo) -> None:  # type: ignore[no-untyped-
 
 def test_wal_is_pushed_to_the_repository(repo) -> None:  # type: ignore[no-untyped-def]
     db = lab_host(DB)
+    # A WAL record first: on an idle cluster pg_switch_wal() switches nothing, and
+    # names the next segment, which is never archived until it is written.
     segment = db.check_output(
-        "runuser -u postgres -- psql -XAtc 'SELECT pg_walfile_name(pg_switch_wal())'"
-    ).strip()
+        "runuser -u postgres -- psql -XAt"
+        " -c \"SELECT pg_logical_emit_message(false, 'pacs-test', 'wal')\""
+        " -c 'SELECT pg_walfile_name(pg_switch_wal())'"
+    ).split()[-1]
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         archived = db.check_output(
@@ -113,7 +117,9 @@ def test_the_database_host_accepts_only_the_repository_key_from_its_address(repo
     assert lines[0].startswith('restrict,from="')
     # The repository's account reaches postgres, with its pinned host key.
     address = repo.check_output("awk '{print $1}' /var/lib/pgbackrest/.ssh/known_hosts").strip()
-    out = repo.check_output(f"runuser -u pgbackrest -- ssh -o BatchMode=yes {address} id -un")
+    out = repo.check_output(
+        f"runuser -u pgbackrest -- ssh -o BatchMode=yes postgres@{address} id -un"
+    )
     assert out.strip() == "postgres"
 
 
