@@ -1,4 +1,4 @@
-"""restic backups of the DICOM files to the backup host (Debian 12).
+"""restic backups of the DICOM files to the backup host (Debian 13).
 
 What only this scenario shows (molecule/backup-restore restores on Debian 13):
 a file backup paired with its PostgreSQL restore point, the SFTP-only account,
