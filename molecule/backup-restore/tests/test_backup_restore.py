@@ -22,6 +22,7 @@ import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pacs_testlib import address_of, dcmtk, host_spec, lab_host, orthanc_credentials, run_playbook
@@ -82,6 +83,13 @@ class Stack:
             f"python3 -c {quote(INSTANCES_MD5)} {quote(self.user)} {quote(self.password)}"
         )
         return dict(json.loads(out))
+
+    def pgbackrest_info(self) -> dict[str, Any]:
+        """The stanza's pgBackRest info, read on the repository host."""
+        out = self.repo.check_output(
+            "runuser -u pgbackrest -- pgbackrest --stanza=pacs --output=json info"
+        )
+        return dict(json.loads(out)[0])
 
     def run_job(self, host: str, job: str) -> None:
         """Start a backup job as its timer would, and wait until it ends."""
@@ -173,11 +181,7 @@ def test_the_second_study_came_back_through_wal_and_the_second_file_backup(
     """The full backup was taken before the second study: its rows came from WAL."""
     stack = restored["stack"]
     assert isinstance(stack, Stack)
-    info = json.loads(
-        stack.repo.check_output(
-            "runuser -u pgbackrest -- pgbackrest --stanza=pacs --output=json info"
-        )
-    )[0]
+    info = stack.pgbackrest_info()
     full = [b for b in info["backup"] if b["type"] == "full"]
     assert full, info
     snapshots = json.loads(
@@ -210,11 +214,7 @@ def test_the_repositories_are_encrypted(restored: dict[str, object]) -> None:
     """pgBackRest's repository is AES-256 encrypted; restic's cannot be opened without its key."""
     stack = restored["stack"]
     assert isinstance(stack, Stack)
-    info = json.loads(
-        stack.repo.check_output(
-            "runuser -u pgbackrest -- pgbackrest --stanza=pacs --output=json info"
-        )
-    )[0]
+    info = stack.pgbackrest_info()
     assert info["cipher"] == "aes-256-cbc"
     ssh = "ssh -F /etc/pacs-libre/backup/ssh_config pacs-backup-repo -s sftp"
     repository = stack.archive.check_output(
