@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pacs_libre import lab
 from pacs_libre.cli import main
@@ -24,6 +25,42 @@ def test_recipe_digest_is_stable_and_follows_the_recipe():
     more = lab.ImageRecipe(debian="13", codename="trixie", packages=(*first.packages, "vim"))
     assert more.digest != first.digest
     assert lab.ImageRecipe.for_debian("12").digest != first.digest
+
+
+def test_the_preloaded_image_is_its_own_recipe_and_name():
+    minimal = lab.ImageRecipe.for_debian("13")
+    preloaded = lab.ImageRecipe.for_debian("13", preloaded=True)
+    assert preloaded.image == "localhost/pacs-libre-lab:debian13-preloaded"
+    assert preloaded.packages == minimal.packages
+    assert preloaded.digest != minimal.digest
+    assert "postgresql-17" in preloaded.preload
+    assert "postgresql-15" in lab.ImageRecipe.for_debian("12", preloaded=True).preload
+    assert lab.ImageRecipe.for_image(preloaded.image) == preloaded
+    assert lab.ImageRecipe.for_image(minimal.image) == minimal
+    with pytest.raises(UserError, match="not a lab image"):
+        lab.ImageRecipe.for_image("docker.example/debian:13")
+
+
+def _yaml(path: str) -> dict[str, object]:
+    return yaml.safe_load((ROOT / path).read_text())
+
+
+@pytest.mark.parametrize("debian", ["13", "12"])
+def test_the_preloaded_image_holds_every_package_of_the_archive_core(debian):
+    """What base, pki, postgresql and orthanc install: a role that adds a package adds it here."""
+    wanted = set()
+    for role in ("base", "pki", "orthanc"):
+        wanted |= set(_yaml(f"roles/{role}/vars/main.yml")[f"__{role}_packages"])
+    postgresql = _yaml("roles/postgresql/vars/main.yml")
+    version = str(postgresql["__postgresql_debian_versions"][debian])
+    assert lab.PRELOAD_POSTGRESQL[debian] == version
+    wanted |= {
+        name.replace("{{ __postgresql_version }}", version)
+        for name in postgresql["__postgresql_packages"]
+    } | {"postgresql-common"}
+    missing = wanted - set(lab.preload_packages(debian))
+    assert not missing, f"add {sorted(missing)} to PRELOAD_COMMON in scripts/pacs_libre/lab.py"
+    assert set(lab.PRELOAD_LOCALES) == set(_yaml("roles/base/defaults/main.yml")["base_locales"])
 
 
 def test_unknown_debian_is_refused_with_the_choices():

@@ -29,6 +29,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -65,6 +66,52 @@ IMAGE_PACKAGES: tuple[str, ...] = (
     "ca-certificates",
     "openssh-server",
 )
+
+#: The preloaded image (``pacsctl lab image --preloaded``): the packages of the
+#: archive core's roles (base, pki, postgresql, orthanc), installed and
+#: configured as Debian installs them, with nothing of pacs-libre's set up, and
+#: the base role's default locales generated; Orthanc and PostgreSQL are left
+#: disabled. Scenarios that test another role
+#: start from it, so they do not spend their time (and the shared apt cache's
+#: turn) installing what the core's own scenarios and molecule/single-host
+#: already install from the minimal image. tests/test_lab.py checks that it
+#: holds every package those roles install.
+PRELOAD_COMMON: tuple[str, ...] = (
+    # base
+    "tzdata",
+    "locales",
+    "chrony",
+    "nftables",
+    "unattended-upgrades",
+    "apt-listchanges",
+    "openssh-server",
+    "sudo",
+    # pki
+    "ca-certificates",
+    "python3-cryptography",
+    # postgresql (its server and client packages are per release, below)
+    "postgresql-common",
+    "python3-psycopg2",
+    # orthanc
+    "orthanc",
+    "orthanc-postgresql",
+    "orthanc-dicomweb",
+    "orthanc-python",
+    "stunnel4",
+)
+#: Debian's PostgreSQL major version per release (the postgresql role's table).
+PRELOAD_POSTGRESQL: dict[str, str] = {"13": "17", "12": "15"}
+#: Services of the preloaded packages left disabled in the image.
+PRELOAD_DISABLED_UNITS: tuple[str, ...] = ("orthanc.service", "postgresql.service")
+#: The base role's default locales, generated in the preloaded image.
+PRELOAD_LOCALES: tuple[str, ...] = ("fr_FR.UTF-8", "en_US.UTF-8")
+
+
+def preload_packages(debian: str) -> tuple[str, ...]:
+    """The preloaded image's packages for one Debian release."""
+    version = PRELOAD_POSTGRESQL[debian]
+    return (*PRELOAD_COMMON, f"postgresql-{version}", f"postgresql-client-{version}")
+
 
 #: Units that have no job in a container: masked in the image so the hosts boot to
 #: `running`, not `degraded`.
@@ -202,13 +249,34 @@ class ImageRecipe:
     packages: tuple[str, ...] = IMAGE_PACKAGES
     masked_units: tuple[str, ...] = IMAGE_MASKED_UNITS
     version: int = IMAGE_RECIPE_VERSION
+    #: Installed after debootstrap for the preloaded image; empty for the minimal one.
+    preload: tuple[str, ...] = ()
+    locales: tuple[str, ...] = ()
 
     @classmethod
-    def for_debian(cls, debian: str) -> ImageRecipe:
+    def for_debian(cls, debian: str, *, preloaded: bool = False) -> ImageRecipe:
         if debian not in DEBIAN_RELEASES:
             known = ", ".join(sorted(DEBIAN_RELEASES))
             raise UserError(f"unknown Debian version '{debian}': use one of {known}")
+        if preloaded:
+            return cls(
+                debian=debian,
+                codename=DEBIAN_RELEASES[debian],
+                preload=preload_packages(debian),
+                locales=PRELOAD_LOCALES,
+            )
         return cls(debian=debian, codename=DEBIAN_RELEASES[debian])
+
+    @classmethod
+    def for_image(cls, image: str) -> ImageRecipe:
+        """The recipe of an image name that a scenario or inventory uses."""
+        match = re.fullmatch(rf"{re.escape(IMAGE_REPO)}:debian(\d+)(-preloaded)?", image)
+        if not match:
+            raise UserError(
+                f"'{image}' is not a lab image: use {IMAGE_REPO}:debian13 or "
+                f"{IMAGE_REPO}:debian13-preloaded (or 12)"
+            )
+        return cls.for_debian(match.group(1), preloaded=bool(match.group(2)))
 
     @property
     def digest(self) -> str:
@@ -220,6 +288,17 @@ class ImageRecipe:
                 "version": self.version,
                 "apt_get_wrapper": APT_GET_WRAPPER,
                 "ssh_hostkeys_unit": SSH_HOSTKEYS_UNIT,
+                # Only the preloaded image has these: the minimal one keeps its digest.
+                **(
+                    {
+                        "preload": sorted(self.preload),
+                        "locales": sorted(self.locales),
+                        "disabled": sorted(PRELOAD_DISABLED_UNITS),
+                        "createcluster": "create_main_cluster = false",
+                    }
+                    if self.preload
+                    else {}
+                ),
             },
             sort_keys=True,
         )
@@ -228,7 +307,7 @@ class ImageRecipe:
     @property
     def image(self) -> str:
         """The image name that the lab and Molecule use."""
-        return f"{IMAGE_REPO}:debian{self.debian}"
+        return f"{IMAGE_REPO}:debian{self.debian}{'-preloaded' if self.preload else ''}"
 
 
 def image_recipe_of(image: str) -> str | None:
@@ -306,6 +385,8 @@ def _build_image(recipe: ImageRecipe, progress: Callable[[str], None]) -> None:
             step=f"apt-get update in {recipe.codename}",
             progress=progress,
         )
+        if recipe.preload:
+            _preload(target, recipe, progress)
         progress("preparing the root filesystem for systemd in a container")
         _prepare_rootfs(target, recipe)
         progress(f"importing {recipe.image}")
@@ -344,6 +425,69 @@ def _build_image(recipe: ImageRecipe, progress: Callable[[str], None]) -> None:
     run_tool(
         ["podman", "image", "prune", "--force", "--filter", f"label={LABEL}=image"], check=False
     )
+
+
+#: While the preloaded image is built in its chroot, no service may start.
+POLICY_RC_D = "#!/bin/sh\n# pacs-libre lab image build: start no service in the chroot.\nexit 101\n"
+
+
+def _preload(target: Path, recipe: ImageRecipe, progress: Callable[[str], None]) -> None:
+    """Install the preloaded image's packages in the chroot, as the roles would.
+
+    postgresql-common goes first and is told to create no cluster, as the
+    postgresql role does, so that the server package makes none. The packages
+    come through the apt cache that the hosts share, bind-mounted for the time
+    of the install.
+    """
+    policy = target / "usr/sbin/policy-rc.d"
+    policy.write_text(POLICY_RC_D)
+    policy.chmod(0o755)
+    shared = cache_dir() / "apt"
+    archives = shared / recipe.codename / "archives"
+    (archives / "partial").mkdir(parents=True, exist_ok=True)
+    mountpoint = target / "var/cache/apt/archives"
+    # The hosts' apt-get takes its turn on the shared cache through this lock
+    # (APT_GET_WRAPPER); the build takes the same turn.
+    turn = ["flock", "--wait", "900", str(shared / "apt-get.lock")]
+    env = ["env", "DEBIAN_FRONTEND=noninteractive"]
+    # Recommends too, as the roles install them (apt's default).
+    install = [*env, "apt-get", "install", "-y"]
+    _stream(["mount", "--bind", str(archives), str(mountpoint)], step="mount", progress=progress)
+    try:
+        progress("installing postgresql-common (no cluster on install)")
+        _stream(
+            [*turn, "chroot", str(target), *install, "postgresql-common"],
+            step=f"apt-get install postgresql-common in {recipe.codename}",
+            progress=progress,
+        )
+        conf = target / "etc/postgresql-common/createcluster.conf"
+        lab_note = "\n# pacs-libre lab image: no cluster on installation\n"
+        conf.write_text(conf.read_text() + lab_note + "create_main_cluster = false\n")
+        progress(f"installing {len(recipe.preload)} packages of the archive core")
+        _stream(
+            [*turn, "chroot", str(target), *install, *recipe.preload],
+            step=f"apt-get install (preload) in {recipe.codename}",
+            progress=progress,
+        )
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=False)
+    # Installed, not running: a host of the image that is no archive (a backup
+    # or monitoring host) runs no stray Orthanc, and the roles that do want the
+    # services enable them, as on a fresh server.
+    _stream(
+        ["chroot", str(target), "systemctl", "disable", *PRELOAD_DISABLED_UNITS],
+        step="systemctl disable (preload)",
+        progress=progress,
+    )
+    if recipe.locales:
+        locale_gen = target / "etc/locale.gen"
+        text = locale_gen.read_text()
+        for name in recipe.locales:
+            text = re.sub(rf"^# *({re.escape(name)} .*)$", r"\1", text, flags=re.MULTILINE)
+        locale_gen.write_text(text)
+        progress(f"generating {', '.join(recipe.locales)}")
+        _stream(["chroot", str(target), "locale-gen"], step="locale-gen", progress=progress)
+    policy.unlink()
 
 
 def _prepare_rootfs(target: Path, recipe: ImageRecipe) -> None:
@@ -528,12 +672,11 @@ def scenario_lab(platforms: Sequence[dict[str, Any]], ssh_dir: Path) -> Lab:
         name, image = platform.get("name"), str(platform.get("image", ""))
         if not name or not image:
             raise UserError(f"molecule.yml: platforms[{index}] needs a name and an image")
-        tag = image.rsplit(":debian", 1)
         hosts.append(
             LabHost(
                 name=str(name),
                 container=str(name),
-                debian=tag[1] if len(tag) == 2 and tag[1] in DEBIAN_RELEASES else DEFAULT_DEBIAN,
+                debian=ImageRecipe.for_image(image).debian,
                 image=image,
                 srv_volume=False,
                 volumes=[str(v) for v in platform.get("volumes", []) or []],

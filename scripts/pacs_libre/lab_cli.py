@@ -43,9 +43,18 @@ def image_cmd(
         lab.DEFAULT_DEBIAN, "--debian", help="Debian major version: 13 (trixie) or 12 (bookworm)."
     ),
     force: bool = typer.Option(False, "--force", help="Rebuild even if the recipe is unchanged."),
+    preloaded: bool = typer.Option(
+        False,
+        "--preloaded",
+        help="The image with the archive core's packages installed (debian13-preloaded).",
+    ),
 ) -> None:
-    """Build the systemd base image from a debootstrap root filesystem (cached by recipe)."""
-    recipe = lab.ImageRecipe.for_debian(debian)
+    """Build the systemd base image from a debootstrap root filesystem (cached by recipe).
+
+    With --preloaded, the image that role scenarios start from: the base, pki,
+    postgresql and orthanc roles' packages already installed (docs/testing.md).
+    """
+    recipe = lab.ImageRecipe.for_debian(debian, preloaded=preloaded)
     _build(recipe, force=force)
     # Scenarios mount the shared apt cache too: have it ready, dated right.
     lab.apt_cache_mount()
@@ -78,6 +87,7 @@ def _build(recipe: lab.ImageRecipe, *, force: bool = False) -> None:
             built = lab.build_image(recipe, force=force, progress=progress)
         except lab.LabStepError as exc:
             retry = f"pacsctl lab image --debian {recipe.debian}"
+            retry += " --preloaded" if recipe.preload else ""
             raise UserError(f"{exc} — {_retry_hint('the image build', retry)}") from exc
     if built:
         console.print(f"[green]built[/] {recipe.image} (recipe {recipe.digest})")
