@@ -13,12 +13,13 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TaskProgressColumn,
     TimeElapsedColumn,
 )
 from rich.table import Table
 
-from pacs_libre import bench, bench_converge, bench_view, lab
+from pacs_libre import bench, bench_converge, bench_search, bench_view, lab
 from pacs_libre.cli_options import (
     AET_OPT,
     CALLING_OPT,
@@ -381,6 +382,142 @@ def view_cmd(
         f"[bold]{'-' if whole is None else f'{whole:.2f} s'}[/] "
         f"({views.frames}/{slices} frames)"
     )
+
+
+@app.command("search")
+def search_cmd(
+    *,
+    studies: int = typer.Option(
+        20000, "--studies", "-N", min=1, max=1_000_000, help="Studies in the corpus."
+    ),
+    seed: int = typer.Option(1, "--seed", help="The corpus's seed (the same seed, the same data)."),
+    runs: int = typer.Option(20, "--runs", min=2, max=500, help="Measured runs of each query."),
+    associations: int = typer.Option(
+        8, "--associations", "-n", min=1, max=64, help="Parallel associations while loading."
+    ),
+    baseline: bool = typer.Option(
+        True, "--baseline/--no-baseline", help="Also load and measure a stock Orthanc."
+    ),
+    load_only: bool = typer.Option(False, "--load-only", help="Load the corpus, measure nothing."),
+    target: str | None = TARGET_OPT,
+    aet: str | None = AET_OPT,
+    calling_aet: str | None = CALLING_OPT,
+    inventory: Path = INVENTORY_OPT,
+    debian: str = typer.Option(
+        lab.DEFAULT_DEBIAN, "--debian", help="Debian release of the stock host (13 or 12)."
+    ),
+    cache: Path | None = typer.Option(
+        None, "--cache", help="Where the corpus lives (default: the pacs-libre cache)."
+    ),
+    fmt: TableOrJson = FORMAT_OPT,
+) -> None:
+    """Load N studies (kept, resumable), then p50/p95 of OHIF, IID and workstation queries."""
+    lab.ImageRecipe.for_debian(debian)
+    where = resolve_target(target, aet, calling_aet, inventory)
+    archives = [bench_search.lab_archive(where, None)]
+    if baseline:
+        with console.status("[bold]stock Orthanc host[/]") as spinner:
+            archives.append(
+                bench_search.stock_archive(
+                    debian, progress=lambda m: spinner.update(f"[bold]stock:[/] {m}")
+                )
+            )
+    folder = (cache or lab.cache_dir() / "bench").resolve()
+    corpus = bench_search.open_corpus(studies, seed, folder)
+    loads = []
+    for archive in archives:
+        with _progress() as bar:
+            task = bar.add_task(f"{archive.label}: load {studies} studies", total=None)
+
+            def advance(done: int, total: int, bar: Progress = bar, task: TaskID = task) -> None:
+                bar.update(task, completed=done, total=total)
+
+            loads.append(
+                bench_search.load(
+                    corpus, folder, archive, associations=associations, progress=advance
+                )
+            )
+    counts = {a.label: a.statistics() for a in archives}
+    data: dict[str, Any] = {
+        "command": "pacsctl " + " ".join(sys.argv[1:]) if sys.argv else "",
+        "corpus": {"studies": studies, "seed": seed, "anchor": corpus.anchor.isoformat()},
+        "load": [r.as_dict() for r in loads],
+        "archives": counts,
+    }
+    timings: list[bench_search.Timing] = []
+    if not load_only:
+        catalogue = bench_search.queries(corpus, studies, runs)
+        with console.status("[bold]queries[/]") as spinner:
+            timings = bench_search.measure(archives, catalogue, progress=spinner.update)
+        data["queries"] = bench_search.compare(timings)
+    if fmt == "json":
+        typer.echo(json.dumps(data, indent=2))
+        return
+    _load_table(loads, counts)
+    if timings:
+        _search_table(data["queries"], runs)
+
+
+def _load_table(loads: list[bench_search.LoadReport], counts: dict[str, dict[str, int]]) -> None:
+    table = Table(title="corpus load (this run)")
+    for column in (
+        "archive",
+        "studies before",
+        "studies loaded",
+        "instances",
+        "seconds",
+        "instances/s",
+        "studies/s",
+        "studies / series / instances held",
+    ):
+        table.add_column(column, justify="left" if column == "archive" else "right")
+    for r in loads:
+        held = counts.get(r.label, {})
+        table.add_row(
+            r.label,
+            str(r.studies_before),
+            str(r.studies_loaded),
+            str(r.instances),
+            f"{r.seconds:.0f}",
+            f"{r.instances_per_s:.0f}",
+            f"{r.studies_per_s:.0f}",
+            " / ".join(
+                str(held.get(k, "-")) for k in ("CountStudies", "CountSeries", "CountInstances")
+            ),
+        )
+    out.print(table)
+
+
+def _search_table(rows: list[dict[str, Any]], runs: int) -> None:
+    table = Table(title=f"search: p50 / p95 in ms over {runs} runs (stock / pacs-libre: x faster)")
+    for column in (
+        "client",
+        "protocol",
+        "query",
+        "answers",
+        "pacs-libre p50",
+        "p95",
+        "stock p50",
+        "p95 ",
+        "x p95",
+    ):
+        table.add_column(
+            column, justify="left" if column in {"client", "protocol", "query"} else "right"
+        )
+    for row in rows:
+        lib, stock = row["pacs-libre"], row.get("stock") or {}
+        table.add_row(
+            row["client"],
+            row["protocol"],
+            row["query"],
+            str(row["answers"]),
+            f"{lib['p50_ms']:.0f}",
+            f"{lib['p95_ms']:.0f}",
+            f"{stock['p50_ms']:.0f}" if stock else "-",
+            f"{stock['p95_ms']:.0f}" if stock else "-",
+            "-" if row.get("ratio_p95") is None else f"{row['ratio_p95']:.1f}x",
+        )
+    out.print(table)
 
 
 @app.command("clean")
