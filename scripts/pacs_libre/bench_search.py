@@ -26,6 +26,7 @@ Method (docs/performance.md, *Search*):
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import random
@@ -143,15 +144,24 @@ class LoadState:
     def loaded(self, key: str) -> set[int]:
         return set(self.data.get(key, []))
 
+    def _update(self, change: Callable[[dict[str, list[int]]], None]) -> None:
+        """Read, change and write the file under a lock: two loads may run at once."""
+        with self.path.with_suffix(".lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.data = json.loads(self.path.read_text()) if self.path.exists() else {}
+            change(self.data)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.data, indent=1) + "\n")
+            tmp.replace(self.path)
+
     def mark(self, key: str, chunk: int) -> None:
-        self.data[key] = sorted(self.loaded(key) | {chunk})
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1) + "\n")
-        tmp.replace(self.path)
+        self._update(lambda data: data.__setitem__(key, sorted(set(data.get(key, [])) | {chunk})))
 
     def forget(self, key: str) -> None:
-        self.data.pop(key, None)
-        self.path.write_text(json.dumps(self.data, indent=1) + "\n")
+        def drop(data: dict[str, list[int]]) -> None:
+            data.pop(key, None)
+
+        self._update(drop)
 
 
 def load(
@@ -475,14 +485,23 @@ def lab_archive(where: Any, container: str | None) -> Archive:
 
 
 def stock_archive(debian: str, progress: Callable[[str], None]) -> Archive:
-    """The stock Orthanc host, with Debian's DICOMweb plugin package as shipped."""
+    """The stock Orthanc host, with Debian's DICOMweb plugin package as shipped.
+
+    One setting of Debian's ``orthanc.json`` changes: ``DicomAlwaysAllowFind`` becomes
+    true, since the stock archive declares no modality and would refuse every C-FIND.
+    """
     host, port, aet = bench.ensure_stock(debian, progress=progress)
     progress("apt-get install orthanc-dicomweb (Debian's plugin, its own configuration)")
     script = (
         "set -e; export DEBIAN_FRONTEND=noninteractive; "
         "if ! dpkg-query -W -f='${Status}' orthanc-dicomweb 2>/dev/null | grep -q 'ok installed';"
         " then apt-get install -y --no-install-recommends orthanc-dicomweb >/tmp/dw.log 2>&1"
-        " || { tail -5 /tmp/dw.log; exit 1; }; systemctl restart orthanc; fi"
+        " || { tail -5 /tmp/dw.log; exit 1; }; systemctl restart orthanc; fi; "
+        # The one change to Debian's orthanc.json: workstations' C-FIND is refused from
+        # an AE title that is not declared, and the benchmark's is not.
+        "if grep -q '\"DicomAlwaysAllowFind\" : false' /etc/orthanc/orthanc.json; then "
+        "sed -i 's/\"DicomAlwaysAllowFind\" : false/\"DicomAlwaysAllowFind\" : true/' "
+        "/etc/orthanc/orthanc.json; systemctl restart orthanc; fi"
     )
     proc = lab.run_tool(["podman", "exec", bench.STOCK_CONTAINER, "sh", "-c", script], check=False)
     if proc.returncode != 0:
