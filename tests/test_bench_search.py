@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from pydicom import dcmread
 
 import dcmtk_servers
-from pacs_libre import bench_search
+from pacs_libre import bench_retrieve, bench_search
 from pacs_libre.dicom import corpus
 from pacs_libre.sizing import DEFAULT_MIX, Modality
 
@@ -232,3 +232,48 @@ def test_cfind_timing_counts_the_answers_of_a_real_scp(tmp_path):
     assert timing.p95_ms >= timing.p50_ms > 0
     rows = bench_search.compare([timing])
     assert rows[0]["answers"] == str(expected) and rows[0]["ratio_p95"] is None
+
+
+# ----------------------------------------------------------- retrieve harness
+
+
+@pytest.mark.skipif(
+    shutil.which("storescp") is None or shutil.which("storescu") is None,
+    reason="needs dcmtk (storescp, storescu): apt-get install dcmtk",
+)
+def test_the_raw_dcmtk_path_brings_every_file_to_the_workstation(tmp_path):
+    c = corpus.Corpus(5, seed=8, anchor=ANCHOR)
+    files = corpus.write_studies(c, 0, 5, tmp_path / "files")
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    port = dcmtk_servers.free_port()
+    setup = bench_retrieve.Setup(
+        archive_host="127.0.0.1", archive_port=1, archive_aet="NONE",
+        workstation_aet="WORKSTATION", workstation_port=port, study_uid="1.2",
+        files=tuple(files), web_url="https://127.0.0.1:1", web_user="-",
+        web_password="-", cafile=tmp_path / "ca.crt",  # noqa: S106 (no web here)
+    )  # fmt: skip
+    with bench_retrieve.workstation(port, "WORKSTATION", inbox):
+        seconds = bench_retrieve.raw(setup, inbox)
+    assert seconds > 0
+    received = sorted(p for p in inbox.rglob("*") if p.is_file())
+    assert len(received) == len(files)
+    assert {dcmread(p).SOPInstanceUID for p in received} == {
+        dcmread(p).SOPInstanceUID for p in files
+    }
+    pull = bench_retrieve.Pull("raw dcmtk", len(files), sum(p.stat().st_size for p in files))
+    pull.seconds = [seconds, 2 * seconds, 3 * seconds]
+    assert pull.median_s == 2 * seconds
+    assert pull.as_dict(pull)["of_raw"] == 1.0
+
+
+@pytest.mark.skipif(shutil.which("movescu") is None, reason="needs dcmtk's movescu")
+def test_a_retrieve_that_fails_names_the_method(tmp_path):
+    setup = bench_retrieve.Setup(
+        archive_host="127.0.0.1", archive_port=dcmtk_servers.free_port(), archive_aet="NONE",
+        workstation_aet="WORKSTATION", workstation_port=1, study_uid="1.2", files=(),
+        web_url="https://127.0.0.1:1", web_user="-",
+        web_password="-", cafile=tmp_path / "x",  # noqa: S106 (no web here)
+    )  # fmt: skip
+    with pytest.raises(bench_search.UserError, match=r"C-MOVE \(movescu\) failed"):
+        bench_retrieve.move(setup, tmp_path)

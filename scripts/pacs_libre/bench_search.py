@@ -500,7 +500,7 @@ def stock_archive(debian: str, progress: Callable[[str], None]) -> Archive:
         # The one change to Debian's orthanc.json: workstations' C-FIND is refused from
         # an AE title that is not declared, and the benchmark's is not.
         "if grep -q '\"DicomAlwaysAllowFind\" : false' /etc/orthanc/orthanc.json; then "
-        "sed -i 's/\"DicomAlwaysAllowFind\" : false/\"DicomAlwaysAllowFind\" : true/' "
+        'sed -i \'s/"DicomAlwaysAllowFind" : false/"DicomAlwaysAllowFind" : true/\' '
         "/etc/orthanc/orthanc.json; systemctl restart orthanc; fi"
     )
     proc = lab.run_tool(["podman", "exec", bench.STOCK_CONTAINER, "sh", "-c", script], check=False)
