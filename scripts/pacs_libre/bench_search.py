@@ -252,7 +252,7 @@ for i, req in enumerate(spec["requests"]):
         parsed = json.loads(raw) if raw else None
     except ValueError:
         parsed = None
-    answers = len(parsed) if isinstance(parsed, list) else (parsed if req.get("raw") else None)
+    answers = parsed if req.get("raw") else (len(parsed) if isinstance(parsed, list) else None)
     print(json.dumps({"i": i, "seconds": seconds, "status": resp.status, "answers": answers}),
           flush=True)
 """
