@@ -1,11 +1,13 @@
 """The archive's search tuning is in force, and a re-index keeps every answer right.
 
-- orthanc.json says what roles/orthanc says (StorageAccessOnFind, ExtraMainDicomTags and
-  the Housekeeper plugin on Debian 13, which Orthanc 1.10 on Debian 12 lacks);
+- orthanc.json says what roles/orthanc says (StorageAccessOnFind; ExtraMainDicomTags on
+  Debian 13, which Orthanc 1.10 on Debian 12 lacks), and the background re-index that
+  the role started after converge has gone through every study;
 - the index pacs_libre_dicomidentifiers_tag_value exists in the archive's database and
   the planner uses it for a range of study dates;
-- a study stored, then re-indexed (``/studies/{id}/reconstruct``, what the Housekeeper
-  does for every study after a change of ExtraMainDicomTags), is still found by C-FIND
+- a study stored, then re-indexed (``/studies/{id}/reconstruct``, what
+  pacs-orthanc-reindex does to every study after a change of ExtraMainDicomTags), is
+  still found by C-FIND
   and QIDO-RS with every returned tag equal to what the modality sent, accents in
   Latin-1 (ISO_IR 100) included.
 """
@@ -16,6 +18,7 @@ import json
 import shutil
 import subprocess
 import tempfile
+import time
 import urllib.request
 from base64 import b64encode
 from datetime import date
@@ -61,21 +64,24 @@ def test_the_search_settings_are_in_force(name: str) -> None:
         assert {"InstitutionName", "TimezoneOffsetFromUTC"} <= set(
             config["ExtraMainDicomTags"]["Study"]
         )
-        assert config["Housekeeper"]["Enable"] is True
-        assert config["Housekeeper"]["Triggers"]["MainDicomTagsChange"] is True
-        assert any(p.endswith("/libHousekeeper.so") for p in config["Plugins"])
-    else:  # Orthanc 1.10 has neither
+    else:  # Orthanc 1.10 has no such setting
         assert "ExtraMainDicomTags" not in config
-        assert not any("Housekeeper" in p for p in config["Plugins"])
 
 
 @pytest.mark.parametrize("name", list(HOSTS))
-def test_the_running_orthanc_loaded_the_housekeeper_on_debian_13(name: str) -> None:
+def test_the_background_reindex_went_through_every_study(name: str) -> None:
     host = lab_host(name)
-    user, password = orthanc_credentials(host)
-    with ExecTunnel(name, 8042) as tunnel:
-        plugins = get_json(f"{tunnel.url}/plugins", user, password)
-    assert ("housekeeper" in plugins) is is_d13(name), plugins
+    if not is_d13(name):
+        assert not host.file("/usr/local/sbin/pacs-orthanc-reindex").exists
+        return
+    deadline = time.monotonic() + 120  # started in the background by the converge
+    while True:
+        status = json.loads(host.check_output("/usr/local/sbin/pacs-orthanc-reindex --status"))
+        if status["done"] or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert status["done"] is True and status["offset"] >= 0, status
+    assert host.service("pacs-orthanc-reindex").is_enabled is False  # started only on a change
 
 
 @pytest.mark.parametrize("name", list(HOSTS))
@@ -144,7 +150,7 @@ def test_a_study_stored_before_a_reindex_is_found_with_every_tag_after_it() -> N
                 body={"Level": "Study", "Query": {"StudyInstanceUID": study.uid}},
             )  # fmt: skip
             assert len(ids) == 1, ids
-            # What the Housekeeper does to each study after ExtraMainDicomTags changes.
+            # What pacs-orthanc-reindex does to each study after ExtraMainDicomTags changes.
             get_json(f"{tunnel.url}/studies/{ids[0]}/reconstruct", user, password, body={})
             qido = get_json(
                 f"{tunnel.url}/dicom-web/studies?StudyInstanceUID={study.uid}"
