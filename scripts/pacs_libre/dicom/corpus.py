@@ -294,7 +294,7 @@ def _encode(tag: int, vr: str, value: str | bytes | int, codec: str) -> bytes:
 def encode(study: Study, series: Series) -> bytes:
     """The Part 10 file of ``series``'s one instance (preamble, file meta, data set).
 
-    Written by hand rather than by pydicom: 40 times faster, which is what lets a
+    Written by hand rather than by pydicom: 16 times faster here, which is what lets a
     100,000-study corpus be made in minutes. The unit tests read every kind of file
     back with pydicom and compare each attribute.
     """
