@@ -175,13 +175,31 @@ def test_chunks_are_made_once_and_the_state_resumes(tmp_path):
     again = bench_search.open_corpus(2500, 4, tmp_path)
     assert again.anchor == ANCHOR and again.study(7) == c.study(7)
     state = bench_search.LoadState(c, tmp_path)
-    state.mark("a", 0)
+    state.mark("a", "chunk-0000")
     other = bench_search.LoadState(c, tmp_path)  # a second load, at the same time
-    other.mark("b", 1)
-    state.mark("a", 2)
-    assert bench_search.LoadState(c, tmp_path).data == {"a": [0, 2], "b": [1]}
+    other.mark("b", "chunk-0001")
+    state.mark("a", bench_search.chunk_name(c, 2))
+    assert bench_search.LoadState(c, tmp_path).data == {
+        "a": ["chunk-0000", "chunk-0002-2500"],
+        "b": ["chunk-0001"],
+    }
     state.forget("a")
-    assert bench_search.LoadState(c, tmp_path).data == {"b": [1]}
+    assert bench_search.LoadState(c, tmp_path).data == {"b": ["chunk-0001"]}
+
+
+def test_a_partial_last_chunk_is_loaded_whole_when_the_corpus_grows(tmp_path):
+    small = bench_search.open_corpus(2500, 4, tmp_path, anchor=ANCHOR)
+    large = bench_search.open_corpus(3000, 4, tmp_path, anchor=ANCHOR)
+    assert bench_search.chunk_name(small, 2) == "chunk-0002-2500"
+    assert bench_search.chunk_name(large, 2) == "chunk-0002"
+    part = bench_search.chunk_files(small, 2, tmp_path)
+    whole = bench_search.chunk_files(large, 2, tmp_path)
+    assert {p.name for p in part} < {p.name for p in whole}
+    assert len(whole) == sum(len(s.series) for s in large.studies(2000, 3000))
+    # The first form of loaded.json (whole numbers) still reads as full chunks.
+    state = bench_search.LoadState(large, tmp_path)
+    state.path.write_text('{"x": [0, 1]}')
+    assert bench_search.LoadState(large, tmp_path).loaded("x") == {"chunk-0000", "chunk-0001"}
 
 
 def test_the_catalogue_draws_values_from_loaded_studies():

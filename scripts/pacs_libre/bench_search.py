@@ -88,9 +88,16 @@ def open_corpus(count: int, seed: int, cache: Path, anchor: date | None = None) 
     return corpus
 
 
+def chunk_name(corpus: Corpus, chunk: int) -> str:
+    """``chunk-0031``, or ``chunk-0031-31500`` when the corpus ends inside it (a larger N loads
+    the whole chunk again, under its full name: the part sent before is skipped as known)."""
+    stop = min((chunk + 1) * CHUNK, corpus.count)
+    return f"chunk-{chunk:04d}" if stop == (chunk + 1) * CHUNK else f"chunk-{chunk:04d}-{stop}"
+
+
 def chunk_files(corpus: Corpus, chunk: int, cache: Path) -> list[Path]:
     """The files of chunk ``chunk`` (made if missing; a chunk is complete or absent)."""
-    folder = corpus_dir(corpus, cache) / f"chunk-{chunk:04d}"
+    folder = corpus_dir(corpus, cache) / chunk_name(corpus, chunk)
     listing = folder / "files.txt"
     if listing.exists():
         return [folder / name for name in listing.read_text().split()]
@@ -133,18 +140,19 @@ class LoadReport:
 
 
 class LoadState:
-    """Which chunks each archive holds (``loaded.json`` beside the corpus)."""
+    """Which chunks each archive holds, by name (``loaded.json`` beside the corpus)."""
 
     def __init__(self, corpus: Corpus, cache: Path) -> None:
         self.path = corpus_dir(corpus, cache) / "loaded.json"
-        self.data: dict[str, list[int]] = (
+        self.data: dict[str, list[str]] = (
             json.loads(self.path.read_text()) if self.path.exists() else {}
         )
 
-    def loaded(self, key: str) -> set[int]:
-        return set(self.data.get(key, []))
+    def loaded(self, key: str) -> set[str]:
+        # Whole numbers: the first form of this file, full chunks only.
+        return {f"chunk-{c:04d}" if isinstance(c, int) else str(c) for c in self.data.get(key, [])}
 
-    def _update(self, change: Callable[[dict[str, list[int]]], None]) -> None:
+    def _update(self, change: Callable[[dict[str, list[str]]], None]) -> None:
         """Read, change and write the file under a lock: two loads may run at once."""
         with self.path.with_suffix(".lock").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -154,11 +162,15 @@ class LoadState:
             tmp.write_text(json.dumps(self.data, indent=1) + "\n")
             tmp.replace(self.path)
 
-    def mark(self, key: str, chunk: int) -> None:
-        self._update(lambda data: data.__setitem__(key, sorted(set(data.get(key, [])) | {chunk})))
+    def mark(self, key: str, name: str) -> None:
+        def add(data: dict[str, list[str]]) -> None:
+            self.data = data
+            data[key] = sorted(self.loaded(key) | {name})
+
+        self._update(add)
 
     def forget(self, key: str) -> None:
-        def drop(data: dict[str, list[int]]) -> None:
+        def drop(data: dict[str, list[str]]) -> None:
             data.pop(key, None)
 
         self._update(drop)
@@ -177,20 +189,22 @@ def load(
     key = archive.container
     counts = archive.statistics()
     held = state.loaded(key)
-    studies_before = sum(min(CHUNK, corpus.count - c * CHUNK) for c in held if c < chunks(corpus))
+    names = {c: chunk_name(corpus, c) for c in range(chunks(corpus))}
+    done_chunks = [c for c, name in names.items() if name in held]
+    studies_before = sum(min(CHUNK, corpus.count - c * CHUNK) for c in done_chunks)
     if counts.get("CountStudies", 0) < studies_before:
         # The archive was emptied since (lab down --purge, bench clean): load again.
         state.forget(key)
-        held, studies_before = set(), 0
-    todo = [c for c in range(chunks(corpus)) if c not in held]
-    per_chunk = [len(chunk_files(corpus, c, cache)) for c in todo]
-    total, done = sum(per_chunk), 0
+        done_chunks, studies_before = [], 0
+    todo = [c for c in names if c not in done_chunks]
+    total = sum(len(chunk_files(corpus, c, cache)) for c in todo)
+    done = 0
     report = LoadReport(archive.label, studies_before, 0, 0, 0, 0.0)
     for chunk in todo:
         files = chunk_files(corpus, chunk, cache)
         base = done
 
-        def tick(n: int, _base: int = base) -> None:
+        def tick(n: int) -> None:
             nonlocal done
             done += n
             if progress is not None:
@@ -216,7 +230,7 @@ def load(
                 f"{archive.label}: {result.failed} of {len(files)} instances of chunk {chunk} "
                 f"were not stored ({'; '.join(result.errors[:2])}): rerun to resume"
             )
-        state.mark(key, chunk)
+        state.mark(key, names[chunk])
         report.studies_loaded += min(CHUNK, corpus.count - chunk * CHUNK)
     return report
 
