@@ -13,8 +13,9 @@ DEBIAN ?= 13
 SCENARIO ?=
 INVENTORY ?= inventories/lab
 
-# Debian packages the lab and the tests need on this machine.
-APT_PACKAGES := podman runc debootstrap slirp4netns uidmap fuse-overlayfs nftables dcmtk openssh-client chromium testssl.sh npm
+# Debian packages the lab and the tests need on this machine (prometheus: its
+# promtool runs the alert rules' unit tests; npm fetches OHIF).
+APT_PACKAGES := podman runc debootstrap slirp4netns uidmap fuse-overlayfs nftables dcmtk openssh-client chromium testssl.sh npm prometheus
 
 export PACS_LIBRE_ROOT := $(ROOT)
 export PACS_LIBRE_CACHE ?= $(HOME)/.cache/pacs-libre

@@ -580,7 +580,7 @@ def test_cli_ok_line_and_bad_usage() -> None:
         check=False,
     )
     assert ok.returncode == 0
-    assert ok.stdout.strip().endswith("OK, 1 host(s) checked")
+    assert ok.stdout.strip().endswith("OK, 2 host(s) checked")
     missing = subprocess.run(
         [PACSCTL, "inventory", "check", "inventories/nowhere"],
         capture_output=True,

@@ -42,6 +42,10 @@ def test_lab_inventory_describes_one_host_per_container():
     assert host.debian == "13"
     # Published ports are on 127.0.0.1 only: the model has no other address.
     assert all(isinstance(p[0], int) for p in host.ports)
+    # The backup host is one more container of the same lab, with no published port.
+    backup = the_lab.hosts[names.index("backup1")]
+    assert backup.container == "pacs-lab-backup1"
+    assert backup.ports == []
 
 
 def _inventory(tmp_path: Path, body: str) -> Path:

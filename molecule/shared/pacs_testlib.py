@@ -66,6 +66,15 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "'\"'\"'") + "'"
 
 
+def molecule_inventory() -> str:
+    """The scenario's whole inventory, as Molecule gives it to Ansible: its folder.
+
+    MOLECULE_INVENTORY_FILE alone holds the hosts; the groups of the scenario's
+    provisioner inventory (pacs_database...) are in other files of the same folder.
+    """
+    return str(Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent)
+
+
 def run_check_mode(playbook: str | None = None) -> tuple[dict[str, int], str]:
     """Run the scenario's converge playbook in check mode.
 
@@ -79,7 +88,7 @@ def run_check_mode(playbook: str | None = None) -> tuple[dict[str, int], str]:
         [
             "ansible-playbook",
             "-i",
-            os.environ["MOLECULE_INVENTORY_FILE"],
+            molecule_inventory(),
             play,
             "--check",
             "--diff",
@@ -112,7 +121,7 @@ def run_playbook(playbook: str, *args: str, inventories: Sequence[str] = ()) -> 
     Uses Molecule's inventory and Ansible settings, plus ``inventories`` (more inventory
     sources layered on top, e.g. a folder that overrides some host variables).
     """
-    command = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"]]
+    command = ["ansible-playbook", "-i", molecule_inventory()]
     for extra in inventories:
         command += ["-i", extra]
     proc = subprocess.run(

@@ -1,8 +1,9 @@
-"""``pacsctl bench``: ingest, converge, view, search and retrieve, each against its baseline.
+"""``pacsctl bench``: ingest, converge, view, search, retrieve, restore; each beside its baseline.
 
-Why one module of about 600 lines: every bench command is a thin Typer front (options,
+Why one module of about 650 lines: every bench command is a thin Typer front (options,
 a progress bar, a table) over its own module (bench, bench_converge, bench_view,
-bench_search, bench_retrieve), and the project keeps one CLI module per command group.
+bench_search, bench_retrieve, bench_restore), and the project keeps one CLI module per
+command group.
 """
 
 from __future__ import annotations
@@ -24,7 +25,15 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from pacs_libre import bench, bench_converge, bench_retrieve, bench_search, bench_view, lab
+from pacs_libre import (
+    bench,
+    bench_converge,
+    bench_restore,
+    bench_retrieve,
+    bench_search,
+    bench_view,
+    lab,
+)
 from pacs_libre.cli_options import (
     AET_OPT,
     CALLING_OPT,
@@ -611,3 +620,45 @@ def clean_cmd() -> None:
     """Remove the stock benchmark host, its volume and network (pacs-bench-*)."""
     for line in bench.clean() or ["nothing to remove"]:
         console.print(line)
+
+
+@app.command("restore")
+def restore_cmd(
+    *,
+    host: str = typer.Option(
+        "pacs-lab-pacs1", "--host", help="The archive host, as its ssh config names it."
+    ),
+    ssh_config: Path | None = typer.Option(
+        None, "--ssh-config", help="ssh config that reaches it (default: the lab's)."
+    ),
+    inventory: Path = INVENTORY_OPT,
+    size_mb: int = typer.Option(1024, "--size-mb", help="Size of the disk baseline's file, MiB."),
+    fmt: TableOrJson = FORMAT_OPT,
+) -> None:
+    """Restore throughput of the images and of the index, beside the disk's own bandwidth."""
+    if size_mb < 16:
+        raise UserError(f"--size-mb {size_mb}: use 16 or more")
+    config = ssh_config or inventory.resolve() / ".ssh" / "config"
+    with console.status(f"[bold]{host}:[/] disk, then restic restore, then pgbackrest restore"):
+        measures = bench_restore.run(host, config, size_mb=size_mb)
+    disk = measures[0].mb_per_s
+    rows = [
+        {**m.as_dict(), "ratio": round(m.mb_per_s / disk, 2) if disk else None} for m in measures
+    ]
+    if fmt == "json":
+        command = "pacsctl " + " ".join(sys.argv[1:]) if sys.argv else ""
+        typer.echo(json.dumps({"command": command, "host": host, "runs": rows}, indent=2))
+        return
+    table = Table(title=f"Restore throughput on {host}")
+    for column in ("what", "MB", "seconds", "MB/s", "vs disk", "detail"):
+        table.add_column(column, justify="left" if column in {"what", "detail"} else "right")
+    for row in rows:
+        table.add_row(
+            str(row["name"]),
+            f"{int(str(row['bytes'])) / 1e6:.0f}",
+            f"{float(str(row['seconds'])):.1f}",
+            f"{row['mb_per_s']}",
+            "" if row["ratio"] is None else f"{row['ratio']}",
+            str(row["detail"]),
+        )
+    out.print(table)

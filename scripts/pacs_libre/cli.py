@@ -19,6 +19,7 @@ from pacs_libre.docs_cli import app as docs_app
 from pacs_libre.errors import UserError
 from pacs_libre.inventory_cli import app as inventory_app
 from pacs_libre.lab_cli import app as lab_app
+from pacs_libre.report_cli import app as report_app
 from pacs_libre.size_cli import size_cmd
 
 app = typer.Typer(
@@ -34,6 +35,7 @@ app.add_typer(inventory_app, name="inventory")
 app.command("size")(size_cmd)
 app.add_typer(dicom_app, name="dicom")
 app.add_typer(bench_app, name="bench")
+app.add_typer(report_app, name="report")
 
 
 @app.callback(invoke_without_command=True)

@@ -17,7 +17,7 @@ import pytest
 import requests
 from pacs_testlib import address_of, host_spec, lab_host, run_check_mode, run_playbook
 
-HOSTS = ["pacs-mol-web-ohif-d13", "pacs-mol-web-ohif-d12"]
+HOSTS = ["pacs-mol-web-ohif-d13"]
 ROOT = "/var/www/pacs-libre/ohif"
 ROLE = Path(__file__).resolve().parents[3]
 

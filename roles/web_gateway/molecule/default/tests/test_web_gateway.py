@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import tempfile
 import urllib.parse
@@ -23,12 +24,12 @@ import pydicom
 import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
-from pacs_testlib import address_of, host_spec, lab_host, run_check_mode, tcp_connects
+from pacs_testlib import address_of, host_spec, lab_host, run_check_mode
 from playwright.sync_api import sync_playwright
 
 from pacs_libre.dicom.synth import StudyManifest, make_study
 
-HOSTS = ["pacs-mol-web-d13", "pacs-mol-web-d12"]
+HOSTS = ["pacs-mol-web-d13"]
 DPI = "https://dpi.mol.test"
 
 testinfra_hosts = [host_spec(name) for name in HOSTS]
@@ -335,7 +336,10 @@ def test_the_archive_rest_api_and_its_pages_are_not_exposed(gateway: Gateway) ->
             timeout=30,
         )
         assert answer.status_code == 403, method
-    assert not tcp_connects(lab_host(HOSTS[0]), gateway.address, 8042) or gateway.name == HOSTS[0]
+    # Orthanc's own HTTP answers its host only: from this machine, nothing.
+    with socket.socket() as probe:
+        probe.settimeout(3)
+        assert probe.connect_ex((gateway.address, 8042)) != 0, "Orthanc's HTTP answered"
 
 
 def test_the_firewall_opens_http_and_https(gateway: Gateway) -> None:

@@ -1,0 +1,133 @@
+"""Restore throughput of the backups, side by side with the disk's own bandwidth.
+
+On one archive host, in one run, one after the other:
+
+``disk``
+    the disk's sequential write bandwidth where restores land: ``dd`` of
+    ``size_mb`` MiB with ``conv=fdatasync`` (the data is on the disk when it ends);
+``files``
+    ``restic restore`` of the latest DICOM snapshot into a scratch folder, then
+    ``sync``: what a restore of the images costs;
+``postgresql``
+    ``pgbackrest restore`` of the latest backup of the index into a scratch
+    folder (the archive's own cluster is left alone), then ``sync``.
+
+Each restore's rate is its bytes written over its seconds, and its ratio is that
+rate over the disk's. The scratch folder is removed at the end. Nothing here is a
+timed test: the figures go to docs/performance.md with the command that made them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pacs_libre.errors import UserError
+
+# On the filesystem of the archive's own data, so that the disk measured is theirs.
+SCRATCH = "/srv/pacs/.bench-restore"
+
+# Runs on the host, as root; prints one JSON object. The arguments are the scratch
+# folder and the disk baseline's size in MiB.
+SCRIPT = r"""
+set -eu
+# Decimal points, not the host's locale's commas.
+export LC_ALL=C
+scratch=$1; size_mb=$2
+rm -rf "$scratch"; mkdir -p "$scratch"
+trap 'rm -rf "$scratch"' EXIT
+now() { date +%s.%N; }
+minus() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
+bytes() { du -sb "$1" | cut -f1; }
+sync
+t0=$(now)
+dd if=/dev/zero of="$scratch/dd" bs=1M count="$size_mb" conv=fdatasync status=none
+t1=$(now)
+disk_bytes=$(bytes "$scratch/dd"); rm -f "$scratch/dd"; sync
+snapshot=$(/usr/local/sbin/pacs-restic snapshots --json --tag pacs-files --latest 1 \
+  | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s[-1]["short_id"] if s else "")')
+if [ -z "$snapshot" ]; then
+  echo '{"error": "no DICOM snapshot: run systemctl start pacs-backup-dicom-files first"}'; exit 0
+fi
+mkdir -p "$scratch/files"
+t2=$(now)
+/usr/local/sbin/pacs-restic restore "$snapshot" --target "$scratch/files" >/dev/null
+sync; t3=$(now)
+files_bytes=$(bytes "$scratch/files"); files_count=$(find "$scratch/files" -type f | wc -l)
+rm -rf "$scratch/files"; sync
+install -d -o postgres -g postgres -m 0700 "$scratch/pg"
+t4=$(now)
+runuser -u postgres -- pgbackrest --stanza=pacs --pg1-path="$scratch/pg" --archive-mode=off \
+  --type=immediate --target-action=shutdown --log-level-console=warn restore
+sync; t5=$(now)
+pg_bytes=$(bytes "$scratch/pg")
+cat <<JSON
+{"disk": {"bytes": $disk_bytes, "seconds": $(minus "$t1" "$t0")},
+ "files": {"bytes": $files_bytes, "files": $files_count, "seconds": $(minus "$t3" "$t2"),
+           "snapshot": "$snapshot"},
+ "postgresql": {"bytes": $pg_bytes, "seconds": $(minus "$t5" "$t4")}}
+JSON
+"""
+
+
+@dataclass
+class Measure:
+    name: str
+    bytes: int
+    seconds: float
+    detail: str = ""
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self), "mb_per_s": round(self.mb_per_s, 1)}
+
+
+def run(
+    host: str, ssh_config: Path, *, size_mb: int = 1024, timeout: float = 7200
+) -> list[Measure]:
+    """Measure on ``host`` (an ssh Host of ``ssh_config``); the disk first, then the restores."""
+    if not ssh_config.exists():
+        raise UserError(
+            f"{ssh_config}: no ssh config; start the lab (make lab) or pass --ssh-config"
+        )
+    proc = subprocess.run(
+        ["ssh", "-F", str(ssh_config), host, "sh", "-s", "--", SCRATCH, str(size_mb)],
+        input=SCRIPT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise UserError(f"restore benchmark on {host} failed: {proc.stderr.strip()[-2000:]}")
+    try:
+        data = json.loads(proc.stdout)
+    except json.JSONDecodeError as exc:
+        raise UserError(
+            f"restore benchmark on {host}: unexpected output {proc.stdout[-500:]!r}"
+        ) from exc
+    if "error" in data:
+        raise UserError(f"restore benchmark on {host}: {data['error']}")
+    return [
+        Measure(
+            "disk (dd, sequential write, fdatasync)",
+            int(data["disk"]["bytes"]),
+            float(data["disk"]["seconds"]),
+        ),
+        Measure(
+            "DICOM files (restic restore, then sync)",
+            int(data["files"]["bytes"]),
+            float(data["files"]["seconds"]),
+            f"{data['files']['files']} files, snapshot {data['files']['snapshot']}",
+        ),
+        Measure(
+            "PostgreSQL (pgbackrest restore, then sync)",
+            int(data["postgresql"]["bytes"]),
+            float(data["postgresql"]["seconds"]),
+        ),
+    ]
