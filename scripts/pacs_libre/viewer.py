@@ -91,6 +91,29 @@ _LIT = """() => {
 }"""
 
 
+class _DicomWebLog:
+    """What became of the page's DICOMweb requests (frames aside): for the message of a failure."""
+
+    def __init__(self, page: Any) -> None:
+        self.outcome: dict[str, str] = {}
+        # Events carry what they say (no call back into the browser from a handler).
+        page.on("request", lambda r: self._note(r.url, "pending"))
+        page.on("response", lambda r: self._note(r.url, f"HTTP {r.status}"))
+        page.on("requestfailed", lambda r: self._note(r.url, f"failed ({r.failure})"))
+
+    def _note(self, url: str, outcome: str) -> None:
+        if "/dicom-web/" in url and "/frames/" not in url:
+            self.outcome[url.split("/dicom-web/", 1)[1][:120]] = outcome
+
+    def summary(self, limit: int = 8) -> str:
+        if not self.outcome:
+            return "none"
+        items = list(self.outcome.items())
+        shown = ", ".join(f"{path} -> {outcome}" for path, outcome in items[-limit:])
+        pending = sum(1 for outcome in self.outcome.values() if outcome == "pending")
+        return f"{len(items)} ({pending} pending): {shown}"
+
+
 @dataclass(frozen=True)
 class View:
     """What one opening of a study in OHIF gave."""
@@ -161,6 +184,7 @@ def open_study(
                 ignore_https_errors=True, viewport={"width": 1280, "height": 900}
             )
             page = context.new_page()
+            web = _DicomWebLog(page)
             sign_in(page, base_url, user, password)
             page.add_init_script(_PROBE)
             page.goto(f"{base_url}{path}", wait_until="commit")
@@ -178,7 +202,8 @@ def open_study(
                     page.screenshot(path=str(screenshot))
                 raise AssertionError(
                     f"OHIF drew no image within {timeout_s:.0f} s at {state['path']}; "
-                    f"{state['frames']} frames fetched; page errors: {state['errors'][:3]}"
+                    f"{state['frames']} frames fetched; page errors: {state['errors'][:3]}; "
+                    f"DICOMweb requests: {web.summary()}"
                 )
             lit = page.evaluate(_LIT)
             page.wait_for_timeout(300)
