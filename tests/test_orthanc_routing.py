@@ -2,7 +2,8 @@
 
 The module runs inside Orthanc; everything but ``setup`` is plain Python, tested
 here. ``setup`` is tested with a stand-in for the ``orthanc`` module (the real one
-exists only inside Orthanc), and for real by molecule/single-host.
+exists only inside Orthanc), and for real by molecule/single-host; a restart of
+Orthanc on a real host, by roles/orthanc/molecule/default (test_routing_restart.py).
 """
 
 from __future__ import annotations
