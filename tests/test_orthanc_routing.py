@@ -2,7 +2,8 @@
 
 The module runs inside Orthanc; everything but ``setup`` is plain Python, tested
 here. ``setup`` is tested with a stand-in for the ``orthanc`` module (the real one
-exists only inside Orthanc), and for real by molecule/single-host.
+exists only inside Orthanc), and for real by molecule/single-host; a restart of
+Orthanc on a real host, by roles/orthanc/molecule/default (test_routing_restart.py).
 """
 
 from __future__ import annotations
@@ -267,11 +268,15 @@ class FakeOrthanc:
     def RegisterOnChangeCallback(self, callback: Any) -> None:
         self.callback = callback
 
+    def GetConfiguration(self) -> str:
+        return json.dumps({"StableAge": 20})
+
     def RestApiGet(self, uri: str) -> str:
         return json.dumps(
             {
                 "/studies/s1": {"MainDicomTags": {}, "PatientMainDicomTags": {}},
                 "/studies/s1/series": [{"MainDicomTags": {"Modality": "CR"}, "Instances": []}],
+                "/changes?last": {"Changes": [{"Seq": 7}], "Done": True, "Last": 7},
             }[uri]
         )
 
@@ -293,6 +298,340 @@ def test_setup_queues_stable_studies_in_the_state_directory(tmp_path: Path):
     }
     routing.setup(fake, settings)
     fake.callback(fake.ChangeType.STABLE_STUDY, None, "s1")
-    jobs = routing.Queue(str(tmp_path / "routing.sqlite")).jobs()
-    assert [(j.study, j.destination, j.state) for j in jobs] == [("s1", "ws", "pending")]
+    queue = routing.Queue(str(tmp_path / "routing.sqlite"))
+    assert [(j.study, j.destination, j.state) for j in queue.jobs()] == [("s1", "ws", "pending")]
+    # Where Orthanc's change log was when the rules saw it: a restart will not replay it.
+    assert queue.evaluated_at("s1") == 7
     fake.callback(fake.ChangeType.ORTHANC_STOPPED, None, "")
+
+
+# ----------------------------------------------------------------------------- restarts
+
+
+class ChangeLog:
+    """Orthanc's change log and the resources it names, behind ``get`` (its REST API).
+
+    As Orthanc's ``/changes``: ``since`` is exclusive, ``limit`` caps a page, ``Last`` is
+    the number of the page's last change (of the log's, for an empty page) and ``Done``
+    says that nothing follows; ``?last`` answers the last change. The stability of a
+    study is not here: it is what Orthanc keeps in memory, so each test says when
+    Orthanc logs a StableStudy change (``stable``) and whether its callback came.
+    """
+
+    def __init__(self) -> None:
+        self.changes: list[dict[str, Any]] = []
+        self.series: dict[str, str] = {}
+        self.instances: dict[str, str] = {}
+        self.unstable: set[str] = set()
+        self.calls: list[str] = []
+        self.broken = False
+
+    def _log(self, kind: str, level: str, resource: str) -> int:
+        seq = len(self.changes) + 1
+        self.changes.append({"Seq": seq, "ChangeType": kind, "ResourceType": level, "ID": resource})
+        return seq
+
+    def image(self, study: str, instance: str) -> int:
+        """An image of ``study`` is stored: NewStudy and NewSeries the first time, NewInstance."""
+        series = f"{study}.1"
+        if series not in self.series:
+            self._log("NewStudy", "Study", study)
+            self._log("NewSeries", "Series", series)
+            self.series[series] = study
+        self.instances[instance] = series
+        return self._log("NewInstance", "Instance", instance)
+
+    def stable(self, study: str) -> int:
+        return self._log("StableStudy", "Study", study)
+
+    def get(self, uri: str) -> Any:
+        self.calls.append(uri)
+        if self.broken:
+            raise RuntimeError("Internal error")
+        path, _, query = uri.partition("?")
+        if path == "/changes":
+            args = dict(arg.partition("=")[::2] for arg in query.split("&"))
+            end = self.changes[-1]["Seq"] if self.changes else 0
+            if "last" in args:
+                return {"Changes": self.changes[-1:], "Done": True, "Last": end}
+            since, limit = int(args.get("since", 0)), int(args.get("limit", 100))
+            after = [c for c in self.changes if c["Seq"] > since]
+            page = after[:limit]
+            return {
+                "Changes": page,
+                "Done": len(after) <= limit,
+                "Last": page[-1]["Seq"] if page else end,
+            }
+        parts = path.strip("/").split("/")
+        if parts[0] == "instances":
+            return {"ParentSeries": self.instances[parts[1]]}
+        if parts[0] == "series":
+            return {"ParentStudy": self.series[parts[1]]}
+        if parts[0] == "studies" and parts[1] in self.series.values():
+            if len(parts) == 3:
+                return [{"MainDicomTags": {"Modality": "CR"}, "Instances": []}]
+            return {
+                "MainDicomTags": {},
+                "PatientMainDicomTags": {},
+                "IsStable": parts[1] not in self.unstable,
+            }
+        raise KeyError(f"404 {uri}")
+
+
+class Lifetime:
+    """One run of Orthanc with routing: a rule that matches every study, the queue's file."""
+
+    STABLE_AGE, MARGIN = 20, 60
+
+    def __init__(self, log: ChangeLog, path: Path, *, rules: tuple[Any, ...] = (rule(),)) -> None:
+        self.sent: list[str] = []
+        self.messages: list[str] = []
+        self.queue = routing.Queue(str(path / "routing.sqlite"))
+        self.router = routing.Router(
+            rules, self.queue, lambda _dest, study: self.sent.append(study)
+        )
+        self.replay = routing.Replay(
+            self.router,
+            self.queue,
+            log.get,
+            stable_age=self.STABLE_AGE,
+            margin=self.MARGIN,
+            page=4,
+            log=self.messages.append,
+        )
+
+    def run(self, start: float, end: float, step: float = 2) -> None:
+        """The worker's loop from ``start`` to ``end``: the replay's tick, then the sends."""
+        now = start
+        while now <= end:
+            self.replay.tick(now)
+            self.router.run_once(now)
+            now += step
+
+    def stable(self, study: str, now: float) -> None:
+        """Orthanc's StableStudy callback (it says so after logging the change)."""
+        self.replay.evaluate(study, now)
+
+
+def test_a_study_that_was_arriving_when_orthanc_stopped_is_routed_once_after_the_restart(
+    tmp_path: Path,
+):
+    log = ChangeLog()
+    first = Lifetime(log, tmp_path)
+    first.run(0, 10)
+    # Study a arrives, is stable, routed; the place in the log moves past it.
+    log.image("a", "a1")
+    log.stable("a")
+    first.stable("a", 12)
+    first.run(12, 200)
+    assert first.sent == ["a"]
+    assert first.queue.place() == len(log.changes)
+    # Study b's images arrive; Orthanc stops 5 s later, before b is stable (StableAge 20).
+    log.image("b", "b1")
+    log.image("b", "b2")
+    first.run(200, 205)
+    assert first.sent == ["a"]
+
+    # After the restart, Orthanc knows nothing of b's stability: no StableStudy change comes.
+    second = Lifetime(log, tmp_path)
+    second.run(300, 318)
+    assert second.sent == []
+    assert any("1 to evaluate in 20 s" in m for m in second.messages), second.messages
+    second.run(320, 330)
+    assert second.sent == ["b"]
+    assert [(j.study, j.state) for j in second.queue.jobs()] == [("a", "done"), ("b", "done")]
+    second.run(330, 400)
+    assert second.sent == ["b"]
+
+    # Another restart soon after (the place is still before b): b is not routed again.
+    third = Lifetime(log, tmp_path)
+    third.run(400, 500)
+    assert third.sent == []
+
+
+def test_a_study_that_was_stable_and_routed_is_not_routed_again_after_a_restart(tmp_path: Path):
+    log = ChangeLog()
+    first = Lifetime(log, tmp_path)
+    first.run(0, 10)
+    log.image("a", "a1")
+    log.stable("a")
+    first.stable("a", 30)
+    first.run(30, 40)  # Orthanc stops before the place moves past a
+    assert first.sent == ["a"]
+    assert first.queue.place() == 0
+
+    second = Lifetime(log, tmp_path)
+    second.run(100, 300)
+    assert second.sent == []
+    assert [(j.study, j.state, j.attempts) for j in second.queue.jobs()] == [("a", "done", 1)]
+    assert any("1 already seen by the rules, 0 to evaluate" in m for m in second.messages)
+
+
+def test_a_stable_study_whose_callback_orthanc_did_not_deliver_is_routed_after_the_restart(
+    tmp_path: Path,
+):
+    """Orthanc logs StableStudy, then stops before its callback runs: it drops pending changes."""
+    log = ChangeLog()
+    Lifetime(log, tmp_path).run(0, 10)
+    log.image("a", "a1")
+    log.stable("a")
+    second = Lifetime(log, tmp_path)
+    second.run(100, 200)
+    assert second.sent == ["a"]
+
+
+def test_late_images_after_a_routed_study_are_routed_again_after_a_restart(tmp_path: Path):
+    """As without a restart: a study stable again with new images is sent again, once."""
+    log = ChangeLog()
+    first = Lifetime(log, tmp_path)
+    first.run(0, 10)
+    log.image("a", "a1")
+    log.stable("a")
+    first.stable("a", 30)
+    first.run(30, 40)
+    log.image("a", "a2")  # then Orthanc stops
+    second = Lifetime(log, tmp_path)
+    second.run(100, 300)
+    assert first.sent + second.sent == ["a", "a"]
+
+
+def test_a_study_receiving_again_after_the_restart_is_left_to_orthanc(tmp_path: Path):
+    log = ChangeLog()
+    Lifetime(log, tmp_path).run(0, 10)
+    log.image("b", "b1")
+    second = Lifetime(log, tmp_path)
+    second.run(100, 110)
+    # The modality sends the rest of b: Orthanc counts StableAge again and will say so.
+    log.image("b", "b2")
+    log.unstable.add("b")
+    second.run(110, 130)
+    assert second.sent == []
+    log.unstable.discard("b")
+    log.stable("b")
+    second.stable("b", 140)
+    second.run(140, 300)
+    assert second.sent == ["b"]
+
+
+def test_a_replayed_study_that_orthanc_says_is_stable_before_it_is_due_is_routed_once(
+    tmp_path: Path,
+):
+    log = ChangeLog()
+    Lifetime(log, tmp_path).run(0, 10)
+    log.image("b", "b1")
+    second = Lifetime(log, tmp_path)
+    second.run(100, 100)  # b is due at 120; the worker is then busy sending until 150
+    log.image("b", "b2")  # the modality sends b again at once
+    log.stable("b")
+    second.stable("b", 118)
+    second.router.run_once(119)
+    second.run(150, 300)
+    assert second.sent == ["b"]
+    assert any("1 stable meanwhile" in m for m in second.messages), second.messages
+
+
+def test_the_place_moves_only_once_a_study_had_time_to_be_stable(tmp_path: Path):
+    log = ChangeLog()
+    life = Lifetime(log, tmp_path)
+    life.run(0, 10)
+    log.image("a", "a1")
+    seq = log.image("a", "a2")
+    life.run(12, 12 + Lifetime.STABLE_AGE + Lifetime.MARGIN - 2)
+    assert life.queue.place() == 0
+    life.run(92, 120)
+    assert life.queue.place() == seq
+
+
+def test_the_change_log_is_read_a_page_at_a_time_up_to_its_end_at_startup(tmp_path: Path):
+    log = ChangeLog()
+    for n in range(3):
+        log.image("x", f"x{n}")
+    place = len(log.changes)
+    routing.Queue(str(tmp_path / "routing.sqlite")).advance_place(place)
+    log.image("a", "a1")
+    log.image("a", "a2")
+    log.image("b", "b1")
+    log.image("c", "c1")  # 10 changes: 3 pages of 4
+    log.calls.clear()
+    life = Lifetime(log, tmp_path)
+    life.replay.tick(100)
+    pages = [c for c in log.calls if c.startswith("/changes?since")]
+    assert pages == [f"/changes?since={place + n}&limit=4" for n in (0, 4, 8)]
+    assert sorted(study for study, _ in life.replay.due) == ["a", "b", "c"]
+    # Each instance's study, through its series: a's series is read once for its two images.
+    series = sorted(c for c in log.calls if c.startswith("/series/"))
+    assert series == ["/series/a.1", "/series/b.1", "/series/c.1"]
+    life.run(120, 130)
+    assert sorted(life.sent) == ["a", "b", "c"]
+
+
+def test_reading_stops_at_the_last_change_of_startup():
+    log = ChangeLog()
+    for n in range(7):
+        log.image("a", f"a{n}")
+    got = [c["Seq"] for c in routing.changes_between(log.get, 2, 6, page=3)]
+    assert got == [3, 4, 5, 6]
+    assert log.calls == ["/changes?since=2&limit=3", "/changes?since=5&limit=3"]
+    assert list(routing.changes_between(log.get, 6, 6)) == []
+
+
+def test_a_first_start_without_a_saved_place_replays_nothing(tmp_path: Path):
+    """An archive that routing never ran on: its history is not replayed."""
+    log = ChangeLog()
+    for study in "abc":
+        log.image(study, f"{study}1")  # and never a StableStudy change
+    life = Lifetime(log, tmp_path)
+    life.run(0, 300)
+    assert life.sent == []
+    assert life.queue.jobs() == []
+    assert life.queue.place() == len(log.changes)
+    assert any("no place saved" in m and "nothing replayed" in m for m in life.messages)
+
+
+def test_a_place_past_the_end_of_the_log_starts_again_at_its_end(tmp_path: Path):
+    log = ChangeLog()
+    log.image("a", "a1")
+    routing.Queue(str(tmp_path / "routing.sqlite")).advance_place(500)
+    life = Lifetime(log, tmp_path)
+    life.run(0, 200)
+    assert life.sent == []
+    assert life.queue.place() == len(log.changes)
+    assert any("past the change log's end" in m for m in life.messages)
+
+
+def test_without_rules_no_place_is_kept(tmp_path: Path):
+    """Rules added later must not replay every study received while nothing routed."""
+    log = ChangeLog()
+    log.image("a", "a1")
+    routing.Queue(str(tmp_path / "routing.sqlite")).advance_place(1)
+    life = Lifetime(log, tmp_path, rules=())
+    life.run(0, 200)
+    assert life.queue.place() is None
+
+
+def test_an_error_of_orthanc_is_logged_and_reading_tried_again(tmp_path: Path):
+    log = ChangeLog()
+    Lifetime(log, tmp_path).run(0, 10)
+    log.image("b", "b1")
+    log.broken = True
+    life = Lifetime(log, tmp_path)
+    life.run(100, 110)  # never raises
+    assert any("could not be read" in m and "trying again in 30 s" in m for m in life.messages)
+    assert not life.replay.started
+    log.broken = False
+    life.run(110, 200)
+    assert life.sent == ["b"]
+
+
+def test_a_study_that_fails_to_evaluate_does_not_stop_the_others(tmp_path: Path):
+    log = ChangeLog()
+    Lifetime(log, tmp_path).run(0, 10)
+    log.image("a", "a1")
+    log.image("b", "b1")
+    life = Lifetime(log, tmp_path)
+    life.run(100, 110)
+    del log.series["a.1"]  # a is deleted before it is due
+    life.run(110, 200)
+    assert life.sent == ["b"]
+    assert any("study a not evaluated after the restart" in m for m in life.messages)
+    assert any("1 study(ies) that were arriving" in m and "1 failed" in m for m in life.messages)

@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +145,29 @@ def dcmtk(tool: str) -> str:
         if path.exists():
             return str(path)
     raise FileNotFoundError(f"{tool} not found: install Debian's dcmtk (make prereqs)")
+
+
+@contextlib.contextmanager
+def storescp(aet: str, port: int) -> Iterator[Path]:
+    """dcmtk's storescp on this machine, on every address: a workstation, as OsiriX.
+
+    Each object received is a file of its own (``+uf``), even one received twice.
+    The hosts reach this machine at their network's gateway.
+    """
+    folder = Path(tempfile.mkdtemp(prefix=f"pacs-{aet.lower()}-"))
+    proc = subprocess.Popen(
+        [dcmtk("storescp"), "-aet", aet, "-od", str(folder), "+uf", "-dhl", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(0.5)
+    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    try:
+        yield folder
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class ExecTunnel:

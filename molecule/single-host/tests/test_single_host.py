@@ -19,7 +19,6 @@ ISO_IR 192) is sent with dcmtk's storescu as the declared modality; then
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import os
@@ -42,6 +41,7 @@ from pacs_testlib import (
     lab_host,
     orthanc_credentials,
     run_check_mode,
+    storescp,
 )
 from pydicom.uid import generate_uid
 from pynetdicom import AE
@@ -65,25 +65,6 @@ testinfra_hosts = [host_spec(name) for name in HOSTS]
 def study(tmp_path_factory: pytest.TempPathFactory) -> StudyManifest:
     """One study, made once for both hosts (the same bytes each time: seed 0)."""
     return make_study(tmp_path_factory.mktemp("study"), ct_images=300, mr_images=40, cr=True)
-
-
-@contextlib.contextmanager
-def storescp(aet: str, port: int) -> Iterator[Path]:
-    """dcmtk's storescp on this machine, on every address: a workstation, as OsiriX."""
-    folder = Path(tempfile.mkdtemp(prefix=f"pacs-{aet.lower()}-"))
-    proc = subprocess.Popen(
-        [dcmtk("storescp"), "-aet", aet, "-od", str(folder), "+uf", "-dhl", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    time.sleep(0.5)
-    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-    try:
-        yield folder
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def received(folder: Path) -> dict[str, str]:

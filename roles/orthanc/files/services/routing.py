@@ -15,6 +15,13 @@ stays, marked failed.
 The queue is a SQLite file in ``PacsLibre.StateDirectory``: a job written there
 survives a restart of Orthanc or of the server, and is sent when it is due.
 
+Orthanc knows which studies are still receiving images in memory only: a study
+whose last images came less than ``StableAge`` before Orthanc stopped never
+becomes stable after the restart. Orthanc's change log (``/changes``) is in its
+database, so routing keeps its place there (``Replay``), and at startup
+evaluates, as stable, the studies that got images after that place and that the
+rules have not seen since.
+
 Everything here but ``setup`` is plain Python, tested in
 tests/test_orthanc_routing.py; ``setup`` is the boundary with Orthanc.
 """
@@ -28,7 +35,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,9 +108,15 @@ class Job:
 
 
 class Queue:
-    """The routing queue, in a SQLite file: it outlives the process that wrote it."""
+    """The routing queue, in a SQLite file: it outlives the process that wrote it.
 
-    SCHEMA = """
+    The same file keeps routing's place in Orthanc's change log (``place``) and,
+    for each study the rules saw since that place, where the log was then
+    (``evaluated``): what ``Replay`` needs after a restart.
+    """
+
+    SCHEMA = (
+        """
     CREATE TABLE IF NOT EXISTS jobs (
         id INTEGER PRIMARY KEY,
         study TEXT NOT NULL,
@@ -116,14 +129,19 @@ class Queue:
         created REAL NOT NULL,
         updated REAL NOT NULL,
         UNIQUE (study, rule)
-    )"""
+    )""",
+        "CREATE TABLE IF NOT EXISTS place"
+        " (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS evaluated (study TEXT PRIMARY KEY, seq INTEGER NOT NULL)",
+    )
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._lock = threading.Lock()
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute(self.SCHEMA)
+            for statement in self.SCHEMA:
+                db.execute(statement)
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30)
@@ -190,6 +208,41 @@ class Queue:
                 " FROM jobs ORDER BY id"
             ).fetchall()
         return [Job(*row) for row in rows]
+
+    def place(self) -> int | None:
+        """Routing's place in Orthanc's change log; None if it was never saved."""
+        with self._lock, self._connect() as db:
+            row = db.execute("SELECT seq FROM place WHERE id = 1").fetchone()
+        return None if row is None else int(row[0])
+
+    def advance_place(self, seq: int) -> None:
+        """Move the place on to ``seq``; what the rules saw before it no longer matters."""
+        with self._lock, self._connect() as db:
+            db.execute("INSERT OR REPLACE INTO place (id, seq) VALUES (1, ?)", (seq,))
+            db.execute("DELETE FROM evaluated WHERE seq <= ?", (seq,))
+
+    def reset_place(self, seq: int | None) -> None:
+        """Start again at ``seq`` (None: no place), forgetting what the rules saw."""
+        with self._lock, self._connect() as db:
+            db.execute("DELETE FROM place")
+            db.execute("DELETE FROM evaluated")
+            if seq is not None:
+                db.execute("INSERT INTO place (id, seq) VALUES (1, ?)", (seq,))
+
+    def note_evaluated(self, study: str, seq: int) -> None:
+        """The rules saw ``study`` when Orthanc's change log was at ``seq``."""
+        with self._lock, self._connect() as db:
+            db.execute(
+                "INSERT INTO evaluated (study, seq) VALUES (?, ?) ON CONFLICT (study)"
+                " DO UPDATE SET seq = MAX(seq, excluded.seq)",
+                (study, seq),
+            )
+
+    def evaluated_at(self, study: str) -> int | None:
+        """Where the change log was when the rules last saw ``study``; None: not since the place."""
+        with self._lock, self._connect() as db:
+            row = db.execute("SELECT seq FROM evaluated WHERE study = ?", (study,)).fetchone()
+        return None if row is None else int(row[0])
 
 
 Log = Callable[[str], None]
@@ -319,9 +372,215 @@ def study_facts(rest_get: Callable[[str], Any], study: str) -> StudyFacts:
     return StudyFacts(study, tags, frozenset(modalities), frozenset(aets))
 
 
+# ------------------------------------------------- after a restart: the change log
+
+
+def last_change(rest_get: Callable[[str], Any]) -> int:
+    """The number of the last change in Orthanc's log (``/changes?last``; 0 if empty)."""
+    return int(rest_get("/changes?last").get("Last") or 0)
+
+
+def changes_between(
+    rest_get: Callable[[str], Any], since: int, until: int, page: int = 500
+) -> Iterator[Mapping[str, Any]]:
+    """The changes of Orthanc's log after ``since`` and up to ``until``, oldest first.
+
+    ``/changes?since=N&limit=P`` answers at most P changes after N, in order; ``Last``
+    is the number of its last one (where the next page starts) and ``Done`` says
+    that the log ends there.
+    """
+    while since < until:
+        answer = rest_get(f"/changes?since={since}&limit={page}")
+        changes = answer.get("Changes") or []
+        for change in changes:
+            if int(change["Seq"]) > until:
+                return
+            yield change
+        following = int(answer.get("Last") or 0)
+        if answer.get("Done") or not changes or following <= since:
+            return
+        since = following
+
+
+def study_of_instance(
+    rest_get: Callable[[str], Any], instance: str, series_study: dict[str, str]
+) -> str:
+    """The study of an instance, through its series (``series_study`` caches the series)."""
+    series = str(rest_get(f"/instances/{instance}")["ParentSeries"])
+    if series not in series_study:
+        series_study[series] = str(rest_get(f"/series/{series}")["ParentStudy"])
+    return series_study[series]
+
+
+class Replay:
+    """Routes the studies that a restart of Orthanc made it forget.
+
+    Orthanc says that a study is stable ``StableAge`` seconds after its last image,
+    and keeps that count in memory only: for a study whose last images came less
+    than ``StableAge`` before Orthanc stopped, it never says so after the restart.
+    Its change log is in its database, so routing keeps a place there, and notes
+    for each study it evaluates where the log was then (``evaluate``). The place
+    is the last change that Orthanc's log held ``hold`` seconds ago: by then every
+    study with images up to it was stable and evaluated (``StableAge``, plus a
+    margin for Orthanc's stability check and its change callbacks).
+
+    At startup (``start``), every study with a NewInstance, NewStudy or StableStudy
+    change after the place and none of its changes seen by the rules since (a
+    stable-study change that Orthanc logged but did not deliver, as it stopped, is
+    replayed too) is evaluated as stable ``StableAge`` seconds later, as Orthanc
+    itself would have, unless Orthanc is receiving it again by then: it will then
+    say that it is stable itself. A study that the rules saw after its last change
+    is left alone, so a study already queued or sent is not queued again.
+    """
+
+    #: Seconds between two readings of the change log's last number.
+    MARK_EVERY = 10.0
+    #: Seconds to wait before reading the change log again after an error.
+    RETRY_AFTER = 30.0
+
+    def __init__(
+        self,
+        router: Router,
+        queue: Queue,
+        rest_get: Callable[[str], Any],
+        *,
+        stable_age: float = 60,
+        margin: float = 60,
+        page: int = 500,
+        log: Log = lambda _message: None,
+    ) -> None:
+        self.router = router
+        self.queue = queue
+        self.rest_get = rest_get
+        self.stable_age = stable_age
+        self.hold = stable_age + margin
+        self.page = page
+        self.log = log
+        self.started = False
+        self.due: list[tuple[str, int]] = []
+        self.due_at = 0.0
+        self._marks: list[tuple[float, int]] = []
+        self._retry_at = 0.0
+
+    def evaluate(self, study: str, now: float) -> list[str]:
+        """Evaluate the rules for a stable study, and note where the change log was."""
+        seq = last_change(self.rest_get)
+        matched = self.router.on_stable_study(study_facts(self.rest_get, study), now)
+        self.queue.note_evaluated(study, seq)
+        return matched
+
+    def start(self, now: float) -> None:
+        """Read the change log after the saved place; raises on an error of Orthanc."""
+        last = last_change(self.rest_get)
+        place = self.queue.place()
+        if not self.router.rules:
+            # Nothing routes: a place kept now would replay, under rules added later,
+            # every study received meanwhile.
+            self.queue.reset_place(None)
+        elif place is None or place > last:
+            self.queue.reset_place(last)
+            self.log(
+                f"routing: no place saved in Orthanc's change log, starting at change {last}"
+                " (nothing replayed)"
+                if place is None
+                else f"routing: the saved place {place} is past the change log's end {last}"
+                " (log cleared or index restored), starting there (nothing replayed)"
+            )
+        elif place == last:
+            self.log(f"routing: no change in Orthanc's log after routing's place {place}")
+        else:
+            self._read(place, last, now)
+        self.started = True
+        self._marks = [(now, last)]
+
+    def _read(self, place: int, last: int, now: float) -> None:
+        latest: dict[str, int] = {}
+        series_study: dict[str, str] = {}
+        read = gone = 0
+        for change in changes_between(self.rest_get, place, last, self.page):
+            read += 1
+            kind, seq, resource = change.get("ChangeType"), int(change["Seq"]), str(change["ID"])
+            if kind == "NewInstance":
+                try:
+                    latest[study_of_instance(self.rest_get, resource, series_study)] = seq
+                except Exception:  # deleted since: nothing to route
+                    gone += 1
+            elif kind in ("NewStudy", "StableStudy"):
+                latest[resource] = seq
+        seen = 0
+        self.due = []
+        for study, seq in latest.items():
+            evaluated = self.queue.evaluated_at(study)
+            if evaluated is not None and evaluated >= seq:
+                seen += 1
+            else:
+                self.due.append((study, seq))
+        self.due_at = now + self.stable_age
+        self.log(
+            f"routing: after the restart, {read} change(s) of Orthanc's log read ({place + 1} to"
+            f" {last}): {len(latest)} study(ies), {seen} already seen by the rules,"
+            f" {len(self.due)} to evaluate in {self.stable_age:.0f} s"
+            + (f", {gone} image(s) deleted since" if gone else "")
+        )
+
+    def tick(self, now: float) -> None:
+        """Start, evaluate the replayed studies when due, move the place on. Never raises."""
+        if not self.started:
+            if now < self._retry_at:
+                return
+            try:
+                self.start(now)
+            except Exception as exc:
+                self._retry_at = now + self.RETRY_AFTER
+                self.log(
+                    f"routing: Orthanc's change log could not be read ({exc!r}); "
+                    f"trying again in {self.RETRY_AFTER:.0f} s"
+                )
+                return
+        if self.due:
+            if now >= self.due_at:
+                self._evaluate_due(now)
+            return  # the place must not pass a replayed study before it is evaluated
+        if not self.router.rules or now - self._marks[-1][0] < self.MARK_EVERY:
+            return
+        try:
+            self._marks.append((now, last_change(self.rest_get)))
+        except Exception as exc:
+            self.log(f"routing: Orthanc's change log could not be read: {exc!r}")
+            return
+        old = [mark for mark in self._marks if mark[0] <= now - self.hold]
+        if old:
+            self._marks = [old[-1]] + [mark for mark in self._marks if mark[0] > now - self.hold]
+            place = self.queue.place()
+            if place is None or old[-1][1] > place:
+                self.queue.advance_place(old[-1][1])
+
+    def _evaluate_due(self, now: float) -> None:
+        evaluated = receiving = seen = failed = 0
+        for study, seq in self.due:
+            try:
+                at = self.queue.evaluated_at(study)
+                if at is not None and at >= seq:
+                    seen += 1  # Orthanc said it was stable meanwhile
+                elif not self.rest_get(f"/studies/{study}").get("IsStable", True):
+                    receiving += 1  # Orthanc will say that it is stable itself
+                else:
+                    self.evaluate(study, now)
+                    evaluated += 1
+            except Exception as exc:
+                failed += 1
+                self.log(f"routing: study {study} not evaluated after the restart: {exc!r}")
+        self.due = []
+        self.log(
+            f"routing: {evaluated} study(ies) that were arriving when Orthanc stopped evaluated"
+            f" as stable ({receiving} receiving again, {seen} stable meanwhile, {failed} failed)"
+        )
+
+
 def setup(orthanc: Any, settings: Mapping[str, Any]) -> None:
     """Start routing inside Orthanc (called by pacs_services.py)."""
     config = settings.get("Routing") or {}
+    stable_age = float(json.loads(orthanc.GetConfiguration()).get("StableAge", 60))
     rules = [Rule.from_config(entry) for entry in config.get("Rules", [])]
     state_dir = settings.get("StateDirectory", "/var/lib/orthanc/pacs-libre")
     os.makedirs(state_dir, exist_ok=True)
@@ -347,10 +606,12 @@ def setup(orthanc: Any, settings: Mapping[str, Any]) -> None:
         retry_max_seconds=float(config.get("RetryMaxSeconds", 3600)),
         log=orthanc.LogWarning,
     )
+    replay = Replay(router, queue, rest_get, stable_age=stable_age, log=orthanc.LogWarning)
 
     def worker() -> None:
         while not stop.wait(2.0):
             try:
+                replay.tick(time.time())
                 router.run_once(time.time())
             except Exception as exc:  # keep the worker alive whatever happens
                 orthanc.LogError(f"routing: worker error: {exc!r}")
@@ -360,7 +621,7 @@ def setup(orthanc: Any, settings: Mapping[str, Any]) -> None:
     def on_change(change_type: Any, _level: Any, resource: str) -> None:
         if change_type == orthanc.ChangeType.STABLE_STUDY and rules:
             try:
-                router.on_stable_study(study_facts(rest_get, resource), time.time())
+                replay.evaluate(resource, time.time())
             except Exception as exc:
                 orthanc.LogError(f"routing: study {resource} not queued: {exc!r}")
         elif change_type == orthanc.ChangeType.ORTHANC_STARTED:
