@@ -7,7 +7,11 @@ have the MD5 that Orthanc recorded when the source archive received it. Then
 the counts (index, statistics) and a QIDO-RS query must agree. Prints one JSON
 object; exits 1 if anything disagrees.
 
-Environment: ORTHANC_URL (http://127.0.0.1:8042), ORTHANC_USER, ORTHANC_PASSWORD.
+With ORTHANC_ISOLATED=1 (the drill's scratch archive), Orthanc must also declare
+no DICOM modality and no peer: a copy of the archive never sends anything.
+
+Environment: ORTHANC_URL (http://127.0.0.1:8042), ORTHANC_USER, ORTHANC_PASSWORD,
+ORTHANC_ISOLATED (1 or 0).
 """
 
 from __future__ import annotations
@@ -62,6 +66,9 @@ def main() -> int:
     index_uids = sorted(
         json.loads(get(f"/studies/{s}"))["MainDicomTags"]["StudyInstanceUID"] for s in studies
     )
+    modalities: list[str] = json.loads(get("/modalities"))
+    peers: list[str] = json.loads(get("/peers"))
+    isolated = os.environ.get("ORTHANC_ISOLATED", "0") == "1"
     report = {
         "instances": len(instances),
         "instances_md5_verified": verified,
@@ -72,6 +79,9 @@ def main() -> int:
         "qido_studies": len(qido),
         "qido_matches_index": qido_uids == index_uids,
         "study_instance_uids": index_uids,
+        "modalities": modalities,
+        "peers": peers,
+        "isolated": isolated,
     }
     ok = (
         not mismatched
@@ -79,6 +89,7 @@ def main() -> int:
         and verified == len(instances)
         and statistics.get("CountInstances") == len(instances)
         and report["qido_matches_index"]
+        and not (isolated and (modalities or peers))
     )
     report["ok"] = ok
     print(json.dumps(report))

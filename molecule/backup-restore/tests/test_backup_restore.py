@@ -7,10 +7,15 @@ The steps of the scenario, in order (one module, one archive):
    with its PostgreSQL restore point).
 3. A second study is sent. It comes after the last full backup: only WAL and the
    next file backup cover it. That file backup is taken.
-4. The archive's images and database are destroyed.
-5. playbooks/restore-drill.yml restores to the restore point of the last file
-   backup, with the wipe flag and the typed confirmation.
-6. Both studies are complete, and every instance is byte-identical to what the
+4. playbooks/restore-drill.yml restores onto the scratch host (group
+   pacs_restore), with no flag, while the modality checks every few seconds that
+   the archive answers (C-ECHO). Both studies are byte-identical there, the
+   scratch archive declares no modality and no peer, its cluster does not archive,
+   and neither the archive's services nor the repository's WAL timelines changed.
+5. The archive's images and database are destroyed.
+6. The drill restores onto the archive itself, to the restore point of the last
+   file backup, with the wipe flag and the typed confirmation.
+7. Both studies are complete, and every instance is byte-identical to what the
    archive served before the disaster.
 """
 
@@ -20,16 +25,30 @@ import json
 import os
 import re
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pacs_testlib import address_of, dcmtk, host_spec, lab_host, orthanc_credentials, run_playbook
+import testinfra
+from pacs_testlib import (
+    address_of,
+    dcmtk,
+    host_spec,
+    lab_host,
+    orthanc_config,
+    orthanc_credentials,
+    run_playbook,
+)
 
 from pacs_libre.dicom.synth import StudyManifest, make_study
 
-ARCHIVE, REPO = "pacs-mol-backup-archive", "pacs-mol-backup-repo"
+ARCHIVE, REPO, SCRATCH = (
+    "pacs-mol-backup-archive",
+    "pacs-mol-backup-repo",
+    "pacs-mol-backup-scratch",
+)
 AET, MODALITY = "MOLBACKUP", "MOLMODALITY"
 ROOT = Path(os.environ.get("PACS_LIBRE_ROOT", Path(__file__).resolve().parents[3]))
 
@@ -59,10 +78,34 @@ def quote(text: str) -> str:
     return "'" + text.replace("'", "'\"'\"'") + "'"
 
 
+# What an archive declares it may send to, and whether its cluster archives WAL.
+DECLARED = r"""
+import base64, json, sys, urllib.request
+user, password = sys.argv[1], sys.argv[2]
+auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+def get(path):
+    req = urllib.request.Request(
+        "http://127.0.0.1:8042" + path, headers={"Authorization": "Basic " + auth}
+    )
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())
+print(json.dumps({"modalities": get("/modalities"), "peers": get("/peers")}))
+"""
+
+# On the backup host: the stanza's WAL timelines (a promoted copy that archived
+# would add a .history file), and the archive's services, by when they started.
+HISTORY = "find /srv/backup/pgbackrest/archive/pacs -name '*.history' | sort"
+STARTED = (
+    "systemctl show -p ActiveEnterTimestampMonotonic --value"
+    " orthanc.service 'postgresql@17-main.service'"
+)
+
+
 class Stack:
     def __init__(self) -> None:
         self.archive = lab_host(ARCHIVE)
         self.repo = lab_host(REPO)
+        self.scratch = lab_host(SCRATCH)
         self.address = address_of(self.archive)
         self.user, self.password = orthanc_credentials(self.archive)
 
@@ -78,11 +121,29 @@ class Stack:
         )
         assert result.returncode == 0, result.stderr.decode(errors="replace")[-2000:]
 
-    def instances(self) -> dict[str, str]:
-        out = self.archive.check_output(
-            f"python3 -c {quote(INSTANCES_MD5)} {quote(self.user)} {quote(self.password)}"
+    def instances(self, host: testinfra.host.Host | None = None) -> dict[str, str]:
+        """SOPInstanceUID -> MD5 of the file served, by the archive (or another host's Orthanc)."""
+        target = host or self.archive
+        user, password = orthanc_credentials(target)
+        out = target.check_output(
+            f"python3 -c {quote(INSTANCES_MD5)} {quote(user)} {quote(password)}"
         )
         return dict(json.loads(out))
+
+    def declared(self, host: testinfra.host.Host) -> dict[str, list[str]]:
+        """The DICOM modalities and Orthanc peers that ``host``'s Orthanc declares."""
+        user, password = orthanc_credentials(host)
+        out = host.check_output(f"python3 -c {quote(DECLARED)} {quote(user)} {quote(password)}")
+        return dict(json.loads(out))
+
+    def echo(self) -> bool:
+        """One C-ECHO to the archive, as the modality."""
+        result = subprocess.run(
+            [dcmtk("echoscu"), "-to", "10", "-aet", MODALITY, "-aec", AET, self.address, "4242"],
+            capture_output=True,
+            check=False,
+        )
+        return result.returncode == 0
 
     def pgbackrest_info(self) -> dict[str, Any]:
         """The stanza's pgBackRest info, read on the repository host."""
@@ -117,6 +178,32 @@ def studies(tmp_path_factory: pytest.TempPathFactory) -> tuple[StudyManifest, St
     return first, second
 
 
+class EchoWhile:
+    """C-ECHO the archive every few seconds in the background; count the answers."""
+
+    def __init__(self, stack: Stack, every: float = 3.0) -> None:
+        self.stack, self.every = stack, every
+        self.answered = self.missed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self.stack.echo():
+                self.answered += 1
+            else:
+                self.missed += 1
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> EchoWhile:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
 @pytest.fixture(scope="module")
 def restored(studies: tuple[StudyManifest, StudyManifest]) -> Iterator[dict[str, object]]:
     """Run the whole story once; the tests below read what it left."""
@@ -131,15 +218,36 @@ def restored(studies: tuple[StudyManifest, StudyManifest]) -> Iterator[dict[str,
     stack.send(second)
     stack.run_job(ARCHIVE, "dicom-files")
     before = stack.instances()
-    # 4. The disaster: the images and the database are gone.
+    # 4. The drill onto the scratch host, as local IT runs it on a live hospital.
+    live_started = stack.archive.check_output(STARTED)
+    history = stack.repo.check_output(HISTORY)
+    with EchoWhile(stack) as echoes:
+        scratch_rc, scratch_output = run_playbook(str(ROOT / "playbooks" / "restore-drill.yml"))
+    assert scratch_rc == 0, scratch_output[-6000:]
+    scratch = {
+        "instances": stack.instances(stack.scratch),
+        "declared": stack.declared(stack.scratch),
+        "config": orthanc_config(stack.scratch),
+        "archive_mode": stack.scratch.check_output(
+            "runuser -u postgres -- psql -XAtc 'SHOW archive_mode'"
+        ).strip(),
+        "echoes": (echoes.answered, echoes.missed),
+        "live_unchanged": stack.archive.check_output(STARTED) == live_started,
+        "live_instances": stack.instances(),
+        "history_unchanged": stack.repo.check_output(HISTORY) == history,
+        "output": scratch_output,
+    }
+    # 5. The disaster: the images and the database are gone.
     data = stack.archive.check_output(
         "runuser -u postgres -- psql -XAtc 'SHOW data_directory'"
     ).strip()
     stack.archive.check_output("systemctl stop orthanc postgresql.service 'postgresql@*'")
     stack.archive.check_output(f"rm -rf {data} /srv/pacs/orthanc/*")
-    # 5. The drill, as local IT runs it, with the flag and the confirmation.
+    # 6. The drill onto the archive itself, with the flag and the confirmation.
     rc, output = run_playbook(
         str(ROOT / "playbooks" / "restore-drill.yml"),
+        "-e",
+        f"restore_drill_target={ARCHIVE}",
         "-e",
         "restore_drill_wipe=true",
         "-e",
@@ -147,7 +255,7 @@ def restored(studies: tuple[StudyManifest, StudyManifest]) -> Iterator[dict[str,
     )
     assert rc == 0, output[-6000:]
     after = stack.instances()
-    yield {"before": before, "after": after, "output": output, "stack": stack}
+    yield {"before": before, "after": after, "output": output, "stack": stack, "scratch": scratch}
 
 
 def test_both_studies_were_in_the_archive_before_the_disaster(
@@ -165,6 +273,62 @@ def test_both_studies_come_back_byte_identical(restored: dict[str, object]) -> N
     assert len(after) == len(before)
     different = {uid for uid in before if after.get(uid) != before[uid]}
     assert not different, f"{len(different)} instances differ or are missing after the restore"
+
+
+def test_the_scratch_drill_restored_both_studies_byte_identical(
+    restored: dict[str, object],
+) -> None:
+    before, scratch = restored["before"], restored["scratch"]
+    assert isinstance(before, dict) and isinstance(scratch, dict)
+    on_scratch = scratch["instances"]
+    assert len(on_scratch) == len(before)
+    different = {uid for uid in before if on_scratch.get(uid) != before[uid]}
+    assert not different, f"{len(different)} instances differ or are missing on the scratch host"
+    output = " ".join(str(scratch["output"]).split())
+    assert re.search(r"RTO achieved: \d+ s", output), output[-3000:]
+    assert "0 mismatched, 0 unreadable" in output
+    assert "were not touched" in output
+
+
+def test_the_archive_kept_serving_and_was_not_touched_during_the_scratch_drill(
+    restored: dict[str, object],
+) -> None:
+    scratch, before = restored["scratch"], restored["before"]
+    assert isinstance(scratch, dict) and isinstance(before, dict)
+    answered, missed = scratch["echoes"]
+    assert answered >= 5 and missed == 0, (
+        f"C-ECHO during the drill: {answered} answered, {missed} missed"
+    )
+    # Neither Orthanc nor PostgreSQL of the archive was restarted, and it still holds both studies.
+    assert scratch["live_unchanged"]
+    assert scratch["live_instances"] == before
+
+
+def test_the_scratch_archive_is_isolated(restored: dict[str, object]) -> None:
+    """No modality, no peer, no routing rule, and a cluster that never archives its WAL."""
+    scratch = restored["scratch"]
+    assert isinstance(scratch, dict)
+    assert scratch["declared"] == {"modalities": [], "peers": []}
+    config = scratch["config"]
+    assert config["DicomModalities"] == {} and config["OrthancPeers"] == {}
+    assert config["PacsLibre"]["Routing"]["Rules"] == []
+    assert config["SaveJobs"] is False
+    assert scratch["archive_mode"] == "off"
+    # A promoted copy that archived would have added its timeline's .history file.
+    assert scratch["history_unchanged"]
+
+
+def test_the_drill_refuses_what_would_wipe_the_archive_by_mistake(
+    restored: dict[str, object],
+) -> None:
+    """With a scratch host in the inventory: the wipe flag alone, the backup host, check mode."""
+    drill = str(ROOT / "playbooks" / "restore-drill.yml")
+    rc, output = run_playbook(drill, "-e", "restore_drill_wipe=true")
+    assert rc != 0 and "leave out restore_drill_wipe" in " ".join(output.split()), output[-3000:]
+    rc, output = run_playbook(drill, "-e", f"restore_drill_target={REPO}")
+    assert rc != 0 and "cannot be the scratch host" in output, output[-3000:]
+    rc, output = run_playbook(drill, "--check")
+    assert rc != 0 and "cannot run in check mode" in " ".join(output.split()), output[-3000:]
 
 
 def test_the_drill_prints_its_rpo_and_rto(restored: dict[str, object]) -> None:
