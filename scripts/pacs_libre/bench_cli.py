@@ -43,6 +43,7 @@ from pacs_libre.cli_options import (
     TableOrJson,
 )
 from pacs_libre.dicom import net
+from pacs_libre.dicom.synth import StudyManifest
 from pacs_libre.dicom.target import Target, resolve_target
 from pacs_libre.errors import UserError
 
@@ -297,22 +298,8 @@ def converge_cmd(
     out.print(table)
 
 
-@app.command("view")
-def view_cmd(
-    *,
-    inventory: Path = INVENTORY_OPT,
-    slices: int = typer.Option(300, "--slices", min=1, max=2000, help="CT slices (512x512)."),
-    runs: int = typer.Option(3, "--runs", min=1, max=20, help="Runs of each measure."),
-    screenshots: Path | None = typer.Option(
-        None, "--screenshots", help="Keep a screenshot of each OHIF run in this folder."
-    ),
-    fmt: TableOrJson = FORMAT_OPT,
-) -> None:
-    """OHIF's time to first image and to the whole CT, and WADO-RS through the gateway vs direct."""
-    inv = inventory if inventory.exists() else lab.project_root() / inventory
-    the_lab = lab.load_lab(inv)
-    web = bench_view.web_endpoint(the_lab)
-    where = resolve_target(None, None, None, inv)
+def _stored_ct(slices: int, where: Target) -> StudyManifest:
+    """The benchmarks' CT (made once, kept in the cache), C-STOREd whole to ``where``."""
     with _progress() as bar:
         task = bar.add_task(f"CT of {slices} slices", total=slices)
         study = bench_view.view_study(
@@ -332,8 +319,28 @@ def view_cmd(
         )
     if report.failed:
         raise UserError(
-            f"{report.failed} of {len(study.paths)} instances were not stored in {where}"
+            f"{len(report.failed)} of {len(study.paths)} instances were not stored in {where}"
         )
+    return study
+
+
+@app.command("view")
+def view_cmd(
+    *,
+    inventory: Path = INVENTORY_OPT,
+    slices: int = typer.Option(300, "--slices", min=1, max=2000, help="CT slices (512x512)."),
+    runs: int = typer.Option(3, "--runs", min=1, max=20, help="Runs of each measure."),
+    screenshots: Path | None = typer.Option(
+        None, "--screenshots", help="Keep a screenshot of each OHIF run in this folder."
+    ),
+    fmt: TableOrJson = FORMAT_OPT,
+) -> None:
+    """OHIF's time to first image and to the whole CT, and WADO-RS through the gateway vs direct."""
+    inv = inventory if inventory.exists() else lab.project_root() / inventory
+    the_lab = lab.load_lab(inv)
+    web = bench_view.web_endpoint(the_lab)
+    where = resolve_target(None, None, None, inv)
+    study = _stored_ct(slices, where)
     uid = study.study_instance_uid
     path = f"/dicom-web/studies/{uid}"
     with console.status("[bold]WADO-RS[/]") as spinner:
@@ -555,25 +562,7 @@ def retrieve_cmd(
             "declare the workstation in the inventory's lab_endpoints"
         )
     where = resolve_target(None, None, None, inv)
-    with _progress() as bar:
-        task = bar.add_task(f"CT of {slices} slices", total=slices)
-        study = bench_view.view_study(
-            slices,
-            lab.cache_dir() / "bench",
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-        )
-    with _progress() as bar:
-        task = bar.add_task(f"C-STORE to {where.aet}", total=len(study.paths))
-        report = net.send(
-            study.paths,
-            where.host,
-            where.port,
-            where.aet,
-            where.calling_aet,
-            progress=lambda _r: bar.advance(task),
-        )
-    if report.failed:
-        raise UserError(f"{report.failed} of {len(study.paths)} instances were not stored")
+    study = _stored_ct(slices, where)
     ca = Path(str((endpoints.get("web") or {}).get("ca") or (inv / "pki" / "ca.crt")))
     setup = bench_retrieve.Setup(
         archive_host=where.host,
