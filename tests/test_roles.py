@@ -99,14 +99,6 @@ def _tasks(path):
 # Still being moved onto blocks, by the owners of their roles; never add to this list.
 _GUARD_EXEMPT = {
     "roles/dicom_backup/tasks/keys.yml",
-    "roles/monitoring/tasks/alertmanager.yml",
-    "roles/monitoring/tasks/archive_metrics.yml",
-    "roles/monitoring/tasks/node_exporter.yml",
-    "roles/monitoring/tasks/packages.yml",
-    "roles/monitoring/tasks/postgres_exporter.yml",
-    "roles/monitoring/tasks/probes.yml",
-    "roles/monitoring/tasks/prometheus.yml",
-    "roles/monitoring/tasks/tls.yml",
     "roles/ohif_viewer/tasks/config.yml",
     "roles/ohif_viewer/tasks/install.yml",
     "roles/pacs_services/tasks/config.yml",
