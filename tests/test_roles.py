@@ -99,9 +99,6 @@ def _tasks(path):
 # Still being moved onto blocks, by the owners of their roles; never add to this list.
 _GUARD_EXEMPT = {
     "roles/dicom_backup/tasks/keys.yml",
-    "roles/pacs_services/tasks/config.yml",
-    "roles/pacs_services/tasks/install.yml",
-    "roles/pacs_services/tasks/service.yml",
     "roles/pgbackrest/tasks/archiving.yml",
     "roles/pgbackrest/tasks/config.yml",
     "roles/pgbackrest/tasks/jobs.yml",
