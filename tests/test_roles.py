@@ -104,8 +104,6 @@ _GUARD_EXEMPT = {
     "roles/pgbackrest/tasks/jobs.yml",
     "roles/pgbackrest/tasks/ssh.yml",
     "roles/pgbackrest/tasks/stanza.yml",
-    "roles/web_gateway/tasks/config.yml",
-    "roles/web_gateway/tasks/service.yml",
 }
 
 
