@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -234,3 +235,110 @@ def test_the_checker_reads_the_password_of_a_connection_string(
     assert (result.returncode == 0) is ok, result.stderr
     if not ok:
         assert "Password is empty" in result.stderr
+
+
+# --- The checker of stunnel's file (templates/pacs-stunnel-check.j2) --------------------------
+# Real stunnel reads it in the role's Molecule scenario; here a stand-in that behaves as
+# stunnel 5 does at start (its whole file read first, then its ports bound with
+# SO_REUSEADDR) proves the checker's own part: every accept moved to the port it holds,
+# the verdict, and stunnel's words named after the candidate.
+
+STUNNEL_CHECKER = ROLE / "templates/pacs-stunnel-check.j2"
+FAKE_STUNNEL = """#!/usr/bin/env python3
+import re, socket, sys
+path = sys.argv[1]
+lines = open(path).read().splitlines()
+for number, line in enumerate(lines, 1):
+    if line.startswith("bogus"):
+        print(f'[!] {path}:{number}: "{line}": Specified option name is not valid here',
+              file=sys.stderr)
+        print("[!] Configuration failed", file=sys.stderr)
+        sys.exit(1)
+if "inetd" in lines:
+    sys.exit(0)
+print("[.] Configuration successful", file=sys.stderr)
+for line in lines:
+    found = re.match(r"accept = (.*):([0-9]+)$", line)
+    if found:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((found.group(1), int(found.group(2))))
+        except OSError as exc:
+            print(f"[.] Binding service [x] to {found.group(1)}:{found.group(2)}: {exc}",
+                  file=sys.stderr)
+            print("[!] Binding service [x] failed", file=sys.stderr)
+            sys.exit(1)
+print("listening", file=sys.stderr)
+"""
+STUNNEL_GOOD = """; managed
+foreground = yes
+[dicom-tls]
+accept = 0.0.0.0:{port}
+connect = 127.0.0.1:4242
+[node-peer]
+client = yes
+accept = 127.0.0.1:{port}
+connect = 10.9.0.1:2762
+"""
+
+
+def _check_stunnel(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
+    fake = tmp_path / "stunnel4"
+    fake.write_text(FAKE_STUNNEL)
+    fake.chmod(0o755)
+    lines = STUNNEL_CHECKER.read_text().splitlines()
+    source = "\n".join(line for line in lines if "{{" not in line)
+    assert 'STUNNEL = "/usr/bin/stunnel4"' in source
+    script = tmp_path / "pacs-stunnel-check"
+    script.write_text(source.replace('"/usr/bin/stunnel4"', repr(str(fake))) + "\n")
+    candidate = tmp_path / "candidate.conf"
+    candidate.write_text(text)
+    result = subprocess.run(
+        [sys.executable, str(script), str(candidate)], capture_output=True, text=True, check=False
+    )
+    assert candidate.read_text() == text
+    return result
+
+
+@pytest.fixture
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_the_stunnel_checker_accepts_a_file_that_stunnel_reads_whole(tmp_path, free_port):
+    # The stand-in would bind the file's own (free) port and listen: it does not get to.
+    result = _check_stunnel(tmp_path, STUNNEL_GOOD.format(port=free_port))
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_stunnel_checker_gives_stunnels_words_on_the_candidates_lines(tmp_path, free_port):
+    candidate = tmp_path / "candidate.conf"
+    result = _check_stunnel(tmp_path, STUNNEL_GOOD.format(port=free_port) + "bogus = yes\n")
+    assert result.returncode == 1
+    assert (
+        f'{candidate}:10: "bogus = yes": Specified option name is not valid here' in result.stderr
+    )
+    assert "pacs-stunnel-check." not in result.stderr
+    assert "stunnel refuses this configuration" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("foreground = yes\n[x]\nconnect = 127.0.0.1:4242\n", "no accept"),
+        (
+            "[x]\naccept = 0.0.0.0:99999\nconnect = 127.0.0.1:4242\n",
+            "line 2: accept = 0.0.0.0:99999",
+        ),
+        # A stunnel that went on to run (its ports bound): not a check the checker trusts.
+        ("inetd\n[x]\naccept = 2762\n", "stunnel refuses this configuration (exit status 0)"),
+    ],
+    ids=["no-accept", "bad-port", "stunnel-ran"],
+)
+def test_the_stunnel_checker_refuses(tmp_path, text, message):
+    result = _check_stunnel(tmp_path, text)
+    assert result.returncode == 1
+    assert message in result.stderr

@@ -159,3 +159,22 @@ def test_orthanc_readme_says_where_the_index_connection_has_tls():
     assert "'EnableSsl': false" in template_vars
     assert "'sslmode': 'verify-full'" in template_vars
     assert "verify-full" in readme
+
+
+def test_stunnels_file_is_read_by_stunnel_before_it_lands():
+    """The tunnel's file is validated by the checker, installed before it even on a fresh host."""
+    tasks = [t for t, _ in _tasks(ROOT / "roles/orthanc/tasks/service.yml")]
+    templates = [t.get("ansible.builtin.template", {}) for t in tasks]
+    dests = [t.get("dest", "") for t in templates]
+    writes = [i for i, dest in enumerate(dests) if dest.startswith("/etc/stunnel/")]
+    assert len(writes) == 1
+    assert templates[writes[0]]["validate"] == "/usr/local/sbin/pacs-stunnel-check %s"
+    checker = dests.index("/usr/local/sbin/pacs-stunnel-check")
+    assert checker < writes[0]
+    assert templates[checker]["src"] == "pacs-stunnel-check.j2"
+    # Outside every block: check mode on a fresh host shows it too.
+    assert not [
+        parents
+        for t, parents in _tasks(ROOT / "roles/orthanc/tasks/service.yml")
+        if t is tasks[checker] and parents
+    ]

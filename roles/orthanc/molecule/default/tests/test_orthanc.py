@@ -6,6 +6,7 @@ the address the scenario declares for its test nodes.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -14,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from pacs_testlib import (
     address_of,
     dcmtk,
@@ -271,3 +273,73 @@ def test_dicom_tls_refuses_a_client_without_a_certificate(tmp_path):
     _key, _cert, ca = _client_certificate(tmp_path)
     result = tls_echo("+tla", "+cf", str(ca))
     assert result.returncode != 0
+
+
+STUNNEL_CONF = "/etc/stunnel/pacs-dicom-tls.conf"
+
+
+def _stunnel_validate() -> str:
+    """The `validate:` of the task that writes stunnel's file, as the role runs it."""
+    tasks = yaml.safe_load((Path(__file__).resolve().parents[3] / "tasks/service.yml").read_text())
+    found = [
+        sub["ansible.builtin.template"]["validate"]
+        for task in tasks
+        for sub in task.get("block", [task])
+        if "/etc/stunnel/" in sub.get("ansible.builtin.template", {}).get("dest", "")
+    ]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _stunnel_processes(host) -> str:
+    # A process may end between the glob and its read: grep's status says nothing.
+    return host.run("grep -lx stunnel4 /proc/[0-9]*/comm | sort").stdout
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "said"),
+    [
+        # An option stunnel does not know.
+        ("verifyChain = yes", "verifyChian = yes", "Specified option name is not valid here"),
+        # A key that is not the certificate's.
+        ("pki/dicom-tls.key", "pki/postgresql.key", "key values mismatch"),
+        # A CA file that is not there.
+        ("CAfile = /etc/pacs-libre/pki/ca.crt", "CAfile = /nowhere/ca.crt", "/nowhere/ca.crt"),
+    ],
+    ids=["unknown-option", "wrong-key", "missing-ca"],
+)
+def test_stunnel_refuses_a_broken_file_before_it_lands(host, old, new, said):
+    """The role's validate command, on a broken copy: refused in stunnel's own words.
+
+    The tunnel in use keeps its file, keeps running and keeps serving its port.
+    """
+    validate = _stunnel_validate()
+    installed = host.file(STUNNEL_CONF).content_string
+    assert old in installed
+    broken = host.check_output("mktemp /tmp/pacs-stunnel-broken.XXXXXX")
+    encoded = base64.b64encode(installed.replace(old, new).encode()).decode()
+    try:
+        host.check_output(f"echo {encoded} | base64 -d > {broken}")
+        result = host.run(validate.replace("%s", broken))
+        assert result.rc == 1, result.stdout + result.stderr
+        assert said in result.stderr
+        # Named as the candidate, not as the checker's scratch copy.
+        assert f"{broken}:" in result.stderr
+        assert "pacs-stunnel-check." not in result.stderr
+        assert "stunnel refuses this configuration" in result.stderr
+    finally:
+        host.run(f"rm -f {broken}")
+    assert host.file(STUNNEL_CONF).content_string == installed
+    assert host.service("stunnel@pacs-dicom-tls").is_running
+    assert host.socket("tcp://0.0.0.0:2762").is_listening
+
+
+def test_stunnel_accepts_the_installed_file_and_leaves_nothing_behind(host):
+    before = _stunnel_processes(host)
+    result = host.run(_stunnel_validate().replace("%s", STUNNEL_CONF))
+    assert result.rc == 0, result.stderr
+    # Read by stunnel itself, with ports of the checker's: the tunnel in use is
+    # the same process, and no other stunnel nor scratch folder is left.
+    assert _stunnel_processes(host) == before
+    assert host.run("ls -d /tmp/pacs-stunnel-check.*").rc != 0
+    assert host.socket("tcp://0.0.0.0:2762").is_listening
