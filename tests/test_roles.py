@@ -96,17 +96,6 @@ def _tasks(path):
     return list(walk(yaml.safe_load(path.read_text()), []))
 
 
-# Still being moved onto blocks, by the owners of their roles; never add to this list.
-_GUARD_EXEMPT = {
-    "roles/dicom_backup/tasks/keys.yml",
-    "roles/pgbackrest/tasks/archiving.yml",
-    "roles/pgbackrest/tasks/config.yml",
-    "roles/pgbackrest/tasks/jobs.yml",
-    "roles/pgbackrest/tasks/ssh.yml",
-    "roles/pgbackrest/tasks/stanza.yml",
-}
-
-
 @pytest.mark.parametrize("role", ROLES, ids=lambda r: r.name)
 def test_the_check_mode_guard_is_on_blocks_and_imports_not_on_tasks(role):
     """`__<role>_check_fresh` is derived once and guards whole blocks or task files.
@@ -116,8 +105,6 @@ def test_the_check_mode_guard_is_on_blocks_and_imports_not_on_tasks(role):
     """
     guard = f"__{role.name}_check_fresh"
     for path in sorted((role / "tasks").glob("*.yml")):
-        if str(path.relative_to(ROOT)) in _GUARD_EXEMPT:
-            continue
         for task, _ in _tasks(path):
             when = task.get("when")
             conditions = when if isinstance(when, list) else [when] if when else []

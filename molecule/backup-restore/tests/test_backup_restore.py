@@ -12,6 +12,10 @@ The steps of the scenario, in order (one module, one archive):
    the archive answers (C-ECHO). Both studies are byte-identical there, the
    scratch archive declares no modality and no peer, its cluster does not archive,
    and neither the archive's services nor the repository's WAL timelines changed.
+   Once it is over, the scratch host can no longer reach the repositories (SSH
+   and restic from there time out or are refused), the backup host accepts
+   neither of its keys and its firewall no longer names it; the backups' part
+   of site.yml, run again, changes nothing and gives nothing back.
 5. The archive's images and database are destroyed.
 6. The drill restores onto the archive itself, to the restore point of the last
    file backup, with the wipe flag and the typed confirmation.
@@ -101,6 +105,29 @@ STARTED = (
 )
 
 
+# What the scratch host keeps of its access to the backups once the drill is
+# over: a real SSH login to each repository account with its own key, and a
+# restic read of the archive's repository, each given 10 s to connect; the
+# keys that the backup host still accepts, and its firewall's ruleset.
+SCRATCH_ATTEMPTS = {
+    "pgbackrest": (
+        "runuser -u postgres -- ssh -o ConnectTimeout=10 -i /var/lib/postgresql/.ssh/id_ed25519"
+        " pgbackrest@{repo} true </dev/null"
+    ),
+    "restic-ssh": (
+        "ssh -F /etc/pacs-libre/backup/ssh_config -o ConnectTimeout=10"
+        " pacs-backup-repo true </dev/null"
+    ),
+    "restic": (
+        "set -a; . /etc/pacs-libre/backup/restic.env; set +a; timeout 120 restic --no-lock"
+        " -o sftp.command='ssh -F /etc/pacs-libre/backup/ssh_config -o ConnectTimeout=10"
+        " pacs-backup-repo -s sftp' snapshots"
+    ),
+}
+REPO_KEYS = "cat /var/lib/pgbackrest/.ssh/authorized_keys /srv/backup/restic/.ssh/authorized_keys"
+SCRATCH_KEYS = "cat /var/lib/postgresql/.ssh/id_ed25519.pub /etc/pacs-libre/backup/id_ed25519.pub"
+
+
 class Stack:
     def __init__(self) -> None:
         self.archive = lab_host(ARCHIVE)
@@ -151,6 +178,26 @@ class Stack:
             "runuser -u pgbackrest -- pgbackrest --stanza=pacs --output=json info"
         )
         return dict(json.loads(out)[0])
+
+    def scratch_access(self) -> dict[str, Any]:
+        """What the scratch host still reaches of the backups, and what the backup host grants."""
+        repo = address_of(self.repo)
+        attempts = {}
+        for name, command in SCRATCH_ATTEMPTS.items():
+            # ssh's own failure is 255, which testinfra takes for its own: say the status.
+            result = self.scratch.run(f'({command.format(repo=repo)}) 2>&1; echo "exit status $?"')
+            output, _, status = result.stdout.strip().rpartition("exit status ")
+            attempts[name] = (int(status), output.strip()[-500:])
+        blobs = [line.split()[1] for line in self.scratch.check_output(SCRATCH_KEYS).splitlines()]
+        granted = self.repo.check_output(REPO_KEYS)
+        return {
+            "attempts": attempts,
+            "scratch_keys": blobs,
+            "keys_granted": [blob for blob in blobs if blob in granted],
+            "ruleset": self.repo.check_output("nft list ruleset"),
+            "scratch_address": address_of(self.scratch),
+            "dropins": self.repo.check_output("ls /etc/nftables.d"),
+        }
 
     def run_job(self, host: str, job: str) -> None:
         """Start a backup job as its timer would, and wait until it ends."""
@@ -236,7 +283,13 @@ def restored(studies: tuple[StudyManifest, StudyManifest]) -> Iterator[dict[str,
         "live_instances": stack.instances(),
         "history_unchanged": stack.repo.check_output(HISTORY) == history,
         "output": scratch_output,
+        "access_after": stack.scratch_access(),
     }
+    # A rerun of the backups' part of site.yml changes nothing and gives nothing back.
+    scratch["site_rc"], scratch["site_output"] = run_playbook(
+        str(ROOT / "playbooks" / "site.yml"), "--tags", "backups"
+    )
+    scratch["access_after_site"] = stack.scratch_access()
     # 5. The disaster: the images and the database are gone.
     data = stack.archive.check_output(
         "runuser -u postgres -- psql -XAtc 'SHOW data_directory'"
@@ -316,6 +369,36 @@ def test_the_scratch_archive_is_isolated(restored: dict[str, object]) -> None:
     assert scratch["archive_mode"] == "off"
     # A promoted copy that archived would have added its timeline's .history file.
     assert scratch["history_unchanged"]
+
+
+@pytest.mark.parametrize("when", ["access_after", "access_after_site"])
+def test_the_scratch_host_cannot_read_the_backups_once_the_drill_is_over(
+    restored: dict[str, object], when: str
+) -> None:
+    """The drill took the scratch host's keys back and closed SSH to it; site.yml gives none."""
+    scratch = restored["scratch"]
+    assert isinstance(scratch, dict)
+    access = scratch[when]
+    # The drill itself read both repositories from there: the access was given, then taken back.
+    assert "restored onto the scratch host" in " ".join(str(scratch["output"]).split())
+    for name, (rc, output) in access["attempts"].items():
+        assert rc != 0, f"{name}: the scratch host still reaches the backup host: {output}"
+        assert "timed out" in output or "Permission denied" in output, f"{name}: {output}"
+    assert len(access["scratch_keys"]) == 2
+    assert access["keys_granted"] == [], "the backup host still accepts the scratch host's keys"
+    address = re.escape(access["scratch_address"])
+    assert not re.search(rf"(?<![\d.]){address}(?!\d)", access["ruleset"]), access["ruleset"]
+    assert "restore-drill.nft" not in access["dropins"].split(), access["dropins"]
+
+
+def test_site_yml_after_the_drill_changes_nothing(restored: dict[str, object]) -> None:
+    scratch = restored["scratch"]
+    assert isinstance(scratch, dict)
+    output = str(scratch["site_output"])
+    assert scratch["site_rc"] == 0, output[-4000:]
+    recap = re.findall(r"^(\S+)\s*:\s*ok=\d+\s+changed=(\d+)", output, re.M)
+    assert {host for host, _ in recap} >= {ARCHIVE, REPO}, output[-2000:]
+    assert all(changed == "0" for _, changed in recap), output[-4000:]
 
 
 def test_the_drill_refuses_what_would_wipe_the_archive_by_mistake(
