@@ -214,7 +214,12 @@ def test_removed_variable_names_its_replacement(
     monkeypatch.setitem(
         registry.REMOVED_VARIABLES,
         "pacs_aet",
-        Removed(version="0.2.0", why="each host has its own AE title", new="pacs_dicom_aet"),
+        Removed(
+            version="0.2.0",
+            why="each host has its own AE title",
+            new="pacs_dicom_aet",
+            renamed=True,
+        ),
     )
     inv = copy_of(CH200)
     edit(inv / "group_vars/pacs_archive/archive.yml", pacs_aet="PACS")
@@ -222,7 +227,62 @@ def test_removed_variable_names_its_replacement(
     assert problem.rule == "removed-variable"
     assert problem.key == "pacs_aet"
     assert problem.message == "removed in pacs-libre 0.2.0: each host has its own AE title"
-    assert problem.fix == "rename it to pacs_dicom_aet (docs/upgrade-notes.md)"
+    assert problem.fix == "rename it to pacs_dicom_aet (same value) (docs/upgrade-notes.md)"
+
+
+BEFORE_0_1_0 = ROOT / "tests/fixtures/inventory-before-0.1.0"
+
+
+def test_an_inventory_written_before_the_first_release_is_refused_with_the_fix(
+    copy_of: Callable[[str], Path],
+) -> None:
+    """The fixture sets one removed and one renamed variable, in the files where an older
+    inventory had them: each is named with its file, its key and the fix; the same inventory
+    without them is accepted."""
+    inv = copy_of(CH200)
+    assert inventory.check(inv) == []
+    for fixture in sorted(BEFORE_0_1_0.rglob("*.yml")):
+        edit(inv / fixture.relative_to(BEFORE_0_1_0), **yaml.safe_load(fixture.read_text()))
+    problems = {p.key: p for p in inventory.check(inv)}
+    assert set(problems) == {"postgresql_dependent_users", "orthanc_tls_selfsigned_days"}
+    assert {p.rule for p in problems.values()} == {"removed-variable"}
+
+    removed = problems["postgresql_dependent_users"]
+    assert removed.file == f"{inv}/host_vars/pacs-db.ch-exemple.fr.yml"
+    assert removed.message.startswith("removed in pacs-libre 0.1.0: ")
+    assert "tasks_from: consumer" in removed.message
+    assert removed.fix == "delete it (docs/upgrade-notes.md)"
+
+    renamed = problems["orthanc_tls_selfsigned_days"]
+    assert renamed.file == f"{inv}/group_vars/pacs_archive/tls.yml"
+    assert renamed.fix == "rename it to pki_certificate_days (same value) (docs/upgrade-notes.md)"
+
+    # The fix applied: the renamed key under its new name, the removed one deleted.
+    edit(
+        inv / "group_vars/pacs_archive/tls.yml",
+        orthanc_tls_selfsigned_days=None,
+        pki_certificate_days=3650,
+    )
+    edit(inv / "host_vars/pacs-db.ch-exemple.fr.yml", postgresql_dependent_users=None)
+    assert inventory.check(inv) == []
+
+
+def test_the_cli_refuses_the_old_inventory_naming_file_key_and_fix(
+    copy_of: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = copy_of(CH200)
+    for fixture in sorted(BEFORE_0_1_0.rglob("*.yml")):
+        edit(inv / fixture.relative_to(BEFORE_0_1_0), **yaml.safe_load(fixture.read_text()))
+    assert main(["inventory", "check", str(inv)]) != 0
+    out = " ".join((capsys.readouterr().out).split())
+    for needle in (
+        "group_vars/pacs_archive/tls.yml",
+        "orthanc_tls_selfsigned_days",
+        "rename it to pki_certificate_days",
+        "host_vars/pacs-db.ch-exemple.fr.yml",
+        "postgresql_dependent_users",
+    ):
+        assert needle in out, f"{needle!r} missing from: {out}"
 
 
 def test_the_self_signed_tls_variables_name_the_deployment_ca(
@@ -244,14 +304,14 @@ def test_the_self_signed_tls_variables_name_the_deployment_ca(
         "postgresql_tls_selfsigned_days",
     }
     assert problems["orthanc_tls_cert_source"].fix == (
-        "rename it to pki_supplied_certificates (docs/upgrade-notes.md)"
+        "delete it and set pki_supplied_certificates instead (docs/upgrade-notes.md)"
     )
     assert "pki_supplied_certificates" in problems["orthanc_tls_cert_source"].message
     assert problems["orthanc_tls_ca_file"].fix == (
-        "rename it to orthanc_tls_verify_peers (docs/upgrade-notes.md)"
+        "delete it and set orthanc_tls_verify_peers instead (docs/upgrade-notes.md)"
     )
     assert problems["postgresql_tls_selfsigned_days"].fix == (
-        "rename it to pki_certificate_days (docs/upgrade-notes.md)"
+        "rename it to pki_certificate_days (same value) (docs/upgrade-notes.md)"
     )
 
 
@@ -263,6 +323,7 @@ def test_every_removed_variable_is_in_the_upgrade_notes_and_known_no_more() -> N
         assert name not in known.specs, f"{name} is removed but a role still declares it"
         if removed.new:
             assert removed.new in known.specs, f"{name}: its replacement {removed.new} is unknown"
+            assert f"`{removed.new}`" in notes, f"{name}: {removed.new} is not in the notes"
 
 
 def test_upgrade_notes_point_at_the_removed_variables_table() -> None:

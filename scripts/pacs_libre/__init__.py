@@ -1,3 +1,6 @@
 """pacs-libre: the Python side of the distribution (CLI ``pacsctl``)."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+# The version is written once, in pyproject.toml; the installed package's metadata carries it.
+__version__ = version("pacs-libre")

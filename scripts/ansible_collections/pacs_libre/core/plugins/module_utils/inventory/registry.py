@@ -25,15 +25,33 @@ DEFAULT_ARCHIVE_PATH = "/srv/pacs"
 
 @dataclass(frozen=True)
 class Removed:
-    """A variable that pacs-libre no longer reads, and what replaces it."""
+    """A variable that pacs-libre no longer reads, and what replaces it.
+
+    ``new`` names the variable that does its job now. ``renamed`` says that the same value
+    works under the new name (the fix is a rename); otherwise the new variable takes another
+    form, which ``why`` and docs/upgrade-notes.md describe.
+    """
 
     version: str
     why: str
     new: str | None = None
+    renamed: bool = False
+
+    def fix(self) -> str:
+        """What the person changes in the inventory."""
+        if self.new and self.renamed:
+            what = f"rename it to {self.new} (same value)"
+        elif self.new:
+            what = f"delete it and set {self.new} instead"
+        else:
+            what = "delete it"
+        return f"{what} (docs/upgrade-notes.md)"
 
 
 # Variables removed or renamed, old name -> what to do. Every entry also gets a line in
-# docs/upgrade-notes.md.
+# docs/upgrade-notes.md, under the release that stopped reading it. Those below were removed
+# while 0.1.0, the first release, was being written: an inventory written for an earlier
+# snapshot of the repository still sets them.
 _CONSUMER = (
     "a role or playbook declares its databases and users with the postgresql role's "
     "consumer entry point (tasks_from: consumer), on the database host too"
@@ -41,28 +59,28 @@ _CONSUMER = (
 _PKI = "the deployment's CA (roles/pki) issues every certificate"
 _SUPPLIED = f"{_PKI}; a hospital's own certificate goes in pki_supplied_certificates (docs/pki.md)"
 REMOVED_VARIABLES: dict[str, Removed] = {
-    "postgresql_dependent_databases": Removed(version="0.2.0", why=_CONSUMER),
-    "postgresql_dependent_users": Removed(version="0.2.0", why=_CONSUMER),
-    "orthanc_tls_cert_source": Removed("0.2.0", _SUPPLIED, "pki_supplied_certificates"),
-    "orthanc_tls_cert_file": Removed("0.2.0", _SUPPLIED, "pki_supplied_certificates"),
-    "orthanc_tls_key_file": Removed("0.2.0", _SUPPLIED, "pki_supplied_certificates"),
+    "postgresql_dependent_databases": Removed(version="0.1.0", why=_CONSUMER),
+    "postgresql_dependent_users": Removed(version="0.1.0", why=_CONSUMER),
+    "orthanc_tls_cert_source": Removed("0.1.0", _SUPPLIED, "pki_supplied_certificates"),
+    "orthanc_tls_cert_file": Removed("0.1.0", _SUPPLIED, "pki_supplied_certificates"),
+    "orthanc_tls_key_file": Removed("0.1.0", _SUPPLIED, "pki_supplied_certificates"),
     "orthanc_tls_ca_file": Removed(
-        "0.2.0",
+        "0.1.0",
         f"{_PKI}; stunnel checks DICOM TLS clients against /etc/pacs-libre/pki/ca.crt "
         "(the hospital's own CA: pki_extra_ca_files)",
         "orthanc_tls_verify_peers",
     ),
-    "orthanc_tls_selfsigned_days": Removed("0.2.0", _PKI, "pki_certificate_days"),
-    "postgresql_tls_cert_source": Removed("0.2.0", _SUPPLIED, "pki_supplied_certificates"),
-    "postgresql_tls_cert_file": Removed("0.2.0", _SUPPLIED, "pki_supplied_certificates"),
-    "postgresql_tls_key_file": Removed("0.2.0", _SUPPLIED, "pki_supplied_certificates"),
+    "orthanc_tls_selfsigned_days": Removed("0.1.0", _PKI, "pki_certificate_days", renamed=True),
+    "postgresql_tls_cert_source": Removed("0.1.0", _SUPPLIED, "pki_supplied_certificates"),
+    "postgresql_tls_cert_file": Removed("0.1.0", _SUPPLIED, "pki_supplied_certificates"),
+    "postgresql_tls_key_file": Removed("0.1.0", _SUPPLIED, "pki_supplied_certificates"),
     "postgresql_tls_ca_file": Removed(
-        "0.2.0",
+        "0.1.0",
         f"{_PKI}; ssl_ca_file is /etc/pacs-libre/pki/ca.crt (the hospital's own CA: "
         "pki_extra_ca_files)",
         "pki_extra_ca_files",
     ),
-    "postgresql_tls_selfsigned_days": Removed("0.2.0", _PKI, "pki_certificate_days"),
+    "postgresql_tls_selfsigned_days": Removed("0.1.0", _PKI, "pki_certificate_days", renamed=True),
 }
 
 

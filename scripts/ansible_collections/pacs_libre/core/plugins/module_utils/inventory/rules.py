@@ -73,13 +73,12 @@ def rule_variables(view: InventoryView, known: Known) -> list[Problem]:
             continue
         if d.key in REMOVED_VARIABLES:
             removed = REMOVED_VARIABLES[d.key]
-            fix = f"rename it to {removed.new}" if removed.new else "delete it"
             problems.append(
                 Problem(
                     d.file,
                     d.key,
                     f"removed in pacs-libre {removed.version}: {removed.why}",
-                    f"{fix} (docs/upgrade-notes.md)",
+                    removed.fix(),
                     "removed-variable",
                 )
             )
