@@ -1,4 +1,4 @@
-"""restic backups of the DICOM files to the backup host (Debian 12, restic 0.14).
+"""restic backups of the DICOM files to the backup host (Debian 13).
 
 What only this scenario shows (molecule/backup-restore restores on Debian 13):
 a file backup paired with its PostgreSQL restore point, the SFTP-only account,
@@ -85,8 +85,8 @@ def test_the_archive_key_may_only_run_sftp(archive) -> None:  # type: ignore[no-
 def test_each_job_ends_with_restic(archive) -> None:  # type: ignore[no-untyped-def]
     """restic 0.14 can exit before its ssh: the job still ends then, not 90 s later as failed.
 
-    Before pacs-restic waited for its ssh, about one check job in two failed so on
-    these hosts (systemd 252 on cgroup v1 is not told when the last process ends).
+    On the lab's Debian 12 hosts (systemd 252 on cgroup v1, not told when the last
+    process ends) about one check job in two fails so; this catches it there.
     """
     for _ in range(6):
         # Six starts in a row would hit systemd's start limit (5 in 10 s).
