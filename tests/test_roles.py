@@ -96,23 +96,66 @@ def _tasks(path):
     return list(walk(yaml.safe_load(path.read_text()), []))
 
 
+def _conditions(task):
+    when = task.get("when")
+    return [str(c) for c in (when if isinstance(when, list) else [when] if when else [])]
+
+
+def _guard_sources(role):
+    """The registered results that the role's derived guards (vars/ `__<role>_check_*`) read."""
+    derived = (
+        yaml.safe_load((role / "vars/main.yml").read_text())
+        if (role / "vars/main.yml").exists()
+        else {}
+    ) or {}
+    sources = {f"__{role.name}_packages_result"}
+    for name, value in derived.items():
+        if name.startswith(f"__{role.name}_check_"):
+            sources |= set(re.findall(rf"__{role.name}_\w+", str(value)))
+    return {s for s in sources if not s.startswith(f"__{role.name}_check_")}
+
+
 @pytest.mark.parametrize("role", ROLES, ids=lambda r: r.name)
 def test_the_check_mode_guard_is_on_blocks_and_imports_not_on_tasks(role):
-    """`__<role>_check_fresh` is derived once and guards whole blocks or task files.
+    """`__<role>_check_fresh` (and any `__<role>_check_*`) is derived once and guards whole
+    blocks or task files.
 
     The one task that says what check mode would do instead (`when: <guard>`, alone) is
     not a repeat of the guard.
     """
-    guard = f"__{role.name}_check_fresh"
+    guard = re.compile(rf"__{role.name}_check_\w+")
     for path in sorted((role / "tasks").glob("*.yml")):
         for task, _ in _tasks(path):
-            when = task.get("when")
-            conditions = when if isinstance(when, list) else [when] if when else []
-            if any(guard in str(c) and str(c).strip() != guard for c in conditions):
+            repeated = [
+                found.group(0)
+                for c in _conditions(task)
+                if (found := guard.search(c)) and not guard.fullmatch(c.strip())
+            ]
+            if repeated:
                 opens = "block" in task or any(
                     k.endswith(("import_tasks", "include_tasks")) for k in task
                 )
-                assert opens, f"{path}: task {task.get('name')!r} repeats {guard}; guard its block"
+                assert opens, (
+                    f"{path}: task {task.get('name')!r} repeats {repeated[0]}; guard its block"
+                )
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda r: r.name)
+def test_the_check_mode_guard_is_not_spelled_out_again(role):
+    """`not (ansible_check_mode and __<role>_packages_result is changed)` is the guard itself,
+    written out: it is derived once in vars/ (`__<role>_check_fresh`) and named, on blocks and
+    imports as on tasks, and in the handlers.
+    """
+    sources = "|".join(sorted(_guard_sources(role)))
+    spelled = re.compile(rf"ansible_check_mode\s+and\s+(not\s+)?\(?\s*({sources})\b")
+    for path in sorted([*(role / "tasks").glob("*.yml"), *(role / "handlers").glob("*.yml")]):
+        for task, _ in _tasks(path):
+            for condition in _conditions(task):
+                found = spelled.search(condition)
+                assert not found, (
+                    f"{path}: {task.get('name')!r} spells out the check-mode guard"
+                    f" ({found.group(0)!r}); name the one derived in vars/"
+                )
 
 
 def test_orthanc_waits_for_every_protocol_it_serves():
