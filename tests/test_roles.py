@@ -158,6 +158,26 @@ def test_the_check_mode_guard_is_not_spelled_out_again(role):
                 )
 
 
+@pytest.mark.parametrize("role", ROLES, ids=lambda r: r.name)
+def test_a_check_mode_condition_is_not_repeated_on_tasks(role):
+    """A check-mode condition of its own (`ansible_check_mode and <a result> is changed`)
+    goes on the block of the tasks it guards, not on each of them."""
+    spelled = re.compile(r"ansible_check_mode\s+and\s+.*\bis\s+changed")
+    for path in sorted((role / "tasks").glob("*.yml")):
+        seen: dict[str, str] = {}
+        for task, _ in _tasks(path):
+            if "block" in task:
+                continue
+            for condition in _conditions(task):
+                if spelled.search(condition):
+                    key = " ".join(condition.split())
+                    assert key not in seen, (
+                        f"{path}: {task.get('name')!r} repeats {key!r} of {seen[key]!r};"
+                        " put both in one block that carries it"
+                    )
+                    seen[key] = str(task.get("name"))
+
+
 def test_orthanc_waits_for_every_protocol_it_serves():
     """After a (re)start, the role waits for HTTP, DICOM and DICOM TLS, not HTTP alone."""
     tasks = [t for t, _ in _tasks(ROOT / "roles/orthanc/tasks/service.yml")]
