@@ -14,8 +14,15 @@ from pacs_libre.errors import UserError
 
 SAMPLE = {
     "disk": {"bytes": 536870912, "seconds": 4.0},
-    "files": {"bytes": 274901666, "files": 531, "seconds": 17.5, "snapshot": "3bbcb076"},
-    "postgresql": {"bytes": 34140412, "seconds": 9.7},
+    "files": {
+        "bytes": 274901666,
+        "files": 531,
+        "seconds": 17.5,
+        "snapshot": "3bbcb076",
+        "cpu": {"user": 20.1, "system": 5.0},
+    },
+    "link": {"bytes": 280000000, "seconds": 7.0, "cpu": {"user": 3.0, "system": 2.6}},
+    "postgresql": {"bytes": 34140412, "seconds": 9.7, "cpu": {"user": 1.5, "system": 0.5}},
 }
 
 
@@ -34,11 +41,35 @@ def test_the_measures_are_rates_over_the_same_run(
     config = tmp_path / "config"
     config.write_text("Host x\n")
     monkeypatch.setattr(subprocess, "run", fake_ssh(json.dumps(SAMPLE)))
-    disk, files, pg = bench_restore.run("x", config, size_mb=512)
+    disk, files, link, pg = bench_restore.run("x", config, size_mb=512)
     assert round(disk.mb_per_s, 1) == 134.2
     assert round(files.mb_per_s, 1) == 15.7
     assert "531 files" in files.detail
+    assert link.mb_per_s == 40.0
     assert pg.as_dict()["mb_per_s"] == 3.5
+
+
+def test_each_restore_says_how_busy_its_processes_kept_the_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "config"
+    config.write_text("Host x\n")
+    monkeypatch.setattr(subprocess, "run", fake_ssh(json.dumps(SAMPLE)))
+    disk, files, link, pg = bench_restore.run("x", config, size_mb=512)
+    assert disk.cpu_share is None and disk.as_dict()["cpu_share"] is None
+    assert files.cpu_seconds == pytest.approx(25.1)
+    assert files.as_dict()["cpu_share"] == round(25.1 / 17.5, 2)
+    assert link.as_dict()["cpu_share"] == 0.8
+    assert pg.cpu_share == pytest.approx(2.0 / 9.7)
+
+
+def test_the_host_script_is_valid_shell_and_measures_each_part() -> None:
+    """The script the host runs parses (sh -n) and times the transport with restic's SSH."""
+    proc = subprocess.run(["sh", "-n"], input=bench_restore.SCRIPT, text=True, check=False)
+    assert proc.returncode == 0
+    assert '-F "$etc/ssh_config"' in bench_restore.SCRIPT
+    for part in ('"files"', '"link"', '"postgresql"'):
+        assert part in bench_restore.SCRIPT
 
 
 def test_no_snapshot_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -628,7 +628,9 @@ def restore_cmd(
     if size_mb < 16:
         raise UserError(f"--size-mb {size_mb}: use 16 or more")
     config = ssh_config or inventory.resolve() / ".ssh" / "config"
-    with console.status(f"[bold]{host}:[/] disk, then restic restore, then pgbackrest restore"):
+    with console.status(
+        f"[bold]{host}:[/] disk, then restic restore, the packs over SSH, then pgbackrest restore"
+    ):
         measures = bench_restore.run(host, config, size_mb=size_mb)
     disk = measures[0].mb_per_s
     rows = [
@@ -639,7 +641,7 @@ def restore_cmd(
         typer.echo(json.dumps({"command": command, "host": host, "runs": rows}, indent=2))
         return
     table = Table(title=f"Restore throughput on {host}")
-    for column in ("what", "MB", "seconds", "MB/s", "vs disk", "detail"):
+    for column in ("what", "MB", "seconds", "MB/s", "vs disk", "CPU s", "CPU/wall", "detail"):
         table.add_column(column, justify="left" if column in {"what", "detail"} else "right")
     for row in rows:
         table.add_row(
@@ -648,6 +650,8 @@ def restore_cmd(
             f"{float(str(row['seconds'])):.1f}",
             f"{row['mb_per_s']}",
             "" if row["ratio"] is None else f"{row['ratio']}",
+            "" if row["cpu_seconds"] is None else f"{float(str(row['cpu_seconds'])):.1f}",
+            "" if row["cpu_share"] is None else f"{row['cpu_share']}",
             str(row["detail"]),
         )
     out.print(table)
