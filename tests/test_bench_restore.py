@@ -35,13 +35,19 @@ def fake_ssh(stdout: str, rc: int = 0) -> Any:
     return run
 
 
-def test_the_measures_are_rates_over_the_same_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def sample_measures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[bench_restore.Measure]:
+    """What run() makes of SAMPLE, as the host would print it."""
     config = tmp_path / "config"
     config.write_text("Host x\n")
     monkeypatch.setattr(subprocess, "run", fake_ssh(json.dumps(SAMPLE)))
-    disk, files, link, pg = bench_restore.run("x", config, size_mb=512)
+    return bench_restore.run("x", config, size_mb=512)
+
+
+def test_the_measures_are_rates_over_the_same_run(
+    sample_measures: list[bench_restore.Measure],
+) -> None:
+    disk, files, link, pg = sample_measures
     assert round(disk.mb_per_s, 1) == 134.2
     assert round(files.mb_per_s, 1) == 15.7
     assert "531 files" in files.detail
@@ -50,12 +56,9 @@ def test_the_measures_are_rates_over_the_same_run(
 
 
 def test_each_restore_says_how_busy_its_processes_kept_the_cpu(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sample_measures: list[bench_restore.Measure],
 ) -> None:
-    config = tmp_path / "config"
-    config.write_text("Host x\n")
-    monkeypatch.setattr(subprocess, "run", fake_ssh(json.dumps(SAMPLE)))
-    disk, files, link, pg = bench_restore.run("x", config, size_mb=512)
+    disk, files, link, pg = sample_measures
     assert disk.cpu_share is None and disk.as_dict()["cpu_share"] is None
     assert files.cpu_seconds == pytest.approx(25.1)
     assert files.as_dict()["cpu_share"] == round(25.1 / 17.5, 2)

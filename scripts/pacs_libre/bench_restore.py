@@ -136,9 +136,16 @@ class Measure:
         }
 
 
-def _cpu(part: dict[str, Any]) -> float | None:
+def _measure(name: str, part: dict[str, Any], detail: str = "") -> Measure:
+    """One part of the host's JSON (its bytes, seconds and, for a restore, CPU) as a Measure."""
     cpu = part.get("cpu")
-    return None if cpu is None else float(cpu["user"]) + float(cpu["system"])
+    return Measure(
+        name,
+        int(part["bytes"]),
+        float(part["seconds"]),
+        detail,
+        None if cpu is None else float(cpu["user"]) + float(cpu["system"]),
+    )
 
 
 def run(
@@ -167,31 +174,18 @@ def run(
         ) from exc
     if "error" in data:
         raise UserError(f"restore benchmark on {host}: {data['error']}")
+    files = data["files"]
     return [
-        Measure(
-            "disk (dd, sequential write, fdatasync)",
-            int(data["disk"]["bytes"]),
-            float(data["disk"]["seconds"]),
-        ),
-        Measure(
+        _measure("disk (dd, sequential write, fdatasync)", data["disk"]),
+        _measure(
             "DICOM files (restic restore, then sync)",
-            int(data["files"]["bytes"]),
-            float(data["files"]["seconds"]),
-            f"{data['files']['files']} files, snapshot {data['files']['snapshot']}",
-            _cpu(data["files"]),
+            files,
+            f"{files['files']} files, snapshot {files['snapshot']}",
         ),
-        Measure(
+        _measure(
             "the repository's packs over the same SSH (sftp get, then sync)",
-            int(data["link"]["bytes"]),
-            float(data["link"]["seconds"]),
+            data["link"],
             "the transport alone, without restic's work",
-            _cpu(data["link"]),
         ),
-        Measure(
-            "PostgreSQL (pgbackrest restore, then sync)",
-            int(data["postgresql"]["bytes"]),
-            float(data["postgresql"]["seconds"]),
-            "",
-            _cpu(data["postgresql"]),
-        ),
+        _measure("PostgreSQL (pgbackrest restore, then sync)", data["postgresql"]),
     ]
