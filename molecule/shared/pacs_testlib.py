@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import requests
 import testinfra
 
 RECAP = re.compile(r"^(?P<host>\S+)\s*:\s*ok=\d+\s+changed=(?P<changed>\d+)\s", re.M)
@@ -275,3 +276,24 @@ def orthanc_credentials(host: testinfra.host.Host) -> tuple[str, str]:
     """The administrator's HTTP account, read from the archive's orthanc.json."""
     user, password = next(iter(orthanc_config(host)["RegisteredUsers"].items()))
     return str(user), str(password)
+
+
+def sign_in(url: str, ca: str, name: str, password: str) -> str:
+    """A pacs-web session (the pacs_session cookie), signed in through its form at url.
+
+    The form as a browser fills it: GET /login for its CSRF token and pacs_login
+    cookie, then POST the name and password, which pacs-web answers with 303.
+    """
+    form = requests.get(f"{url}/login?next=/", verify=ca, timeout=60)
+    assert form.status_code == 200, form.text[:500]
+    csrf = form.text.split('name="csrf" value="')[1].split('"')[0]
+    answer = requests.post(
+        f"{url}/login",
+        data={"csrf": csrf, "next": "/", "username": name, "password": password},
+        cookies={"pacs_login": form.cookies["pacs_login"]},
+        verify=ca,
+        allow_redirects=False,
+        timeout=60,
+    )
+    assert answer.status_code == 303, f"signing in as {name}: {answer.status_code} {answer.text}"
+    return str(answer.cookies["pacs_session"])

@@ -3,8 +3,9 @@
 The clients are real and not ours: openssl s_client for TLS, requests for HTTP,
 dicomweb-client for STOW-RS/QIDO-RS/WADO-RS, and Debian's Chromium (through
 Playwright) for OHIF under the gateway's Content-Security-Policy. The /auth that
-the gateway's hook asks is this scenario's stand-in (prepare.yml), until the
-pacs_services role is merged; everything else is the real thing.
+the gateway's hook asks is the real pacs-web (roles/pacs_services), converged on
+the same host as site.yml converges it; its sessions come from its sign-in form,
+reached through the gateway.
 """
 
 from __future__ import annotations
@@ -24,13 +25,16 @@ import pydicom
 import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
-from pacs_testlib import address_of, host_spec, lab_host, run_check_mode
+from pacs_testlib import address_of, host_spec, lab_host, run_check_mode, sign_in
 from playwright.sync_api import sync_playwright
 
 from pacs_libre.dicom.synth import StudyManifest, make_study
 
 HOSTS = ["pacs-mol-web-d13"]
 DPI = "https://dpi.mol.test"
+# The two kinds of user the gateway's tests need, as pacs-web knows them
+# (molecule.yml, pacs_services_users): one who may only view, one who may send.
+USERS = {"viewer": "mol-viewer", "sender": "mol-radiologist"}
 
 testinfra_hosts = [host_spec(name) for name in HOSTS]
 
@@ -50,16 +54,20 @@ class Gateway:
         self.url = f"https://{self.address}"
         self.ca = workdir / f"{name}-ca.crt"
         self.ca.write_text(self.host.check_output("cat /etc/pacs-libre/pki/ca.crt") + "\n")
+        self._sessions: dict[str, str] = {}
 
     def get(self, path: str, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("allow_redirects", False)
         return requests.get(self.url + path, verify=str(self.ca), timeout=60, **kwargs)
 
     def session(self, user: str = "viewer") -> dict[str, str]:
-        return {"pacs_session": credentials(f"{user}-session")}
+        """A pacs-web session of the user's, signed in once through the gateway's form."""
+        if user not in self._sessions:
+            self._sessions[user] = sign_in(self.url, str(self.ca), *self.basic(user))
+        return {"pacs_session": self._sessions[user]}
 
     def basic(self, user: str) -> tuple[str, str]:
-        return (user, credentials(user))
+        return (USERS[user], credentials(USERS[user]))
 
     def dicomweb(self, user: str) -> DICOMwebClient:
         http = requests.Session()
@@ -218,7 +226,8 @@ def test_dicomweb_without_credentials_stays_401(gateway: Gateway) -> None:
     answer = gateway.get("/dicom-web/studies")
     assert answer.status_code == 401
     assert "WWW-Authenticate" in answer.headers
-    assert gateway.get("/dicom-web/studies", auth=("viewer", "not-the-password")).status_code == 401
+    wrong = (USERS["viewer"], "not-the-password")
+    assert gateway.get("/dicom-web/studies", auth=wrong).status_code == 401
 
 
 def test_the_landing_page_lists_the_services_in_french_and_english(gateway: Gateway) -> None:
@@ -369,7 +378,7 @@ def test_ohif_opens_the_study_under_the_csp_in_chromium(
                 [
                     {
                         "name": "pacs_session",
-                        "value": credentials("viewer-session"),
+                        "value": gateway.session()["pacs_session"],
                         "url": gateway.url,
                     }
                 ]

@@ -1,8 +1,11 @@
-"""The OHIF viewer on real systemd hosts (Debian 13 and 12): what reached them, what is served.
+"""The OHIF viewer role on the gateway's host (Debian 13): what reached it, what is served.
 
-The gateway's own scenario (roles/web_gateway) opens a real study in Chromium; this one
-checks the release itself: its checksum, the files kept and left out, app-config.js,
-and that a tarball that does not match its checksum stops the run.
+The viewer has no scenario of its own: it is served by this scenario's gateway, as
+site.yml serves it (molecule/single-host serves it on Debian 12 too), and
+test_web_gateway.py opens a real study in it in Chromium. This module checks the
+release itself: its checksum, the files kept and left out, app-config.js, and that
+a tarball that does not match its checksum stops the run. Check mode on the
+converged host is test_web_gateway.py's last test.
 """
 
 from __future__ import annotations
@@ -15,11 +18,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from pacs_testlib import address_of, host_spec, lab_host, run_check_mode, run_playbook
+from pacs_testlib import address_of, host_spec, lab_host, run_playbook, sign_in
 
-HOSTS = ["pacs-mol-web-ohif-d13"]
+HOSTS = ["pacs-mol-web-d13"]
 ROOT = "/var/www/pacs-libre/ohif"
-ROLE = Path(__file__).resolve().parents[3]
+ROLE = Path(__file__).resolve().parents[4] / "ohif_viewer"
 
 testinfra_hosts = [host_spec(name) for name in HOSTS]
 
@@ -29,9 +32,9 @@ def cache() -> Path:
     return Path(os.environ.get("PACS_LIBRE_CACHE") or default) / "ohif"
 
 
-def session() -> dict[str, str]:
+def credential(name: str) -> str:
     folder = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "credentials"
-    return {"pacs_session": (folder / "viewer-session").read_text().split()[0]}
+    return (folder / name).read_text().split()[0]
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +44,14 @@ def ca(tmp_path_factory: pytest.TempPathFactory, host) -> str:  # type: ignore[n
     return str(path)
 
 
+_SESSIONS: dict[str, str] = {}
+
+
 def get(host, ca: str, path: str) -> requests.Response:  # type: ignore[no-untyped-def]
-    address = address_of(lab_host(host.backend.hostname))
-    return requests.get(f"https://{address}{path}", cookies=session(), verify=ca, timeout=60)
+    url = f"https://{address_of(lab_host(host.backend.hostname))}"
+    if url not in _SESSIONS:
+        _SESSIONS[url] = sign_in(url, ca, "mol-viewer", credential("mol-viewer"))
+    return requests.get(url + path, cookies={"pacs_session": _SESSIONS[url]}, verify=ca, timeout=60)
 
 
 def test_the_release_is_served_through_the_current_link(host) -> None:  # type: ignore[no-untyped-def]
@@ -146,8 +154,3 @@ def test_a_tarball_with_the_wrong_checksum_stops_the_run(tmp_path: Path) -> None
     assert "is not the expected" in output and "Fix: remove the file" in output
     for name in HOSTS:
         assert lab_host(name).file(f"{ROOT}/current/index.html").exists
-
-
-def test_check_mode_on_converged_hosts_reports_no_change() -> None:
-    recap, changed = run_check_mode()
-    assert all(count == 0 for count in recap.values()), changed

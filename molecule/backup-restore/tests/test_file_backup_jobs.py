@@ -1,9 +1,13 @@
-"""restic backups of the DICOM files to the backup host (Debian 13).
+"""The file backup jobs (roles/dicom_backup) on the archive the drills restored.
 
-What only this scenario shows (molecule/backup-restore restores on Debian 13):
+The dicom_backup role has no scenario of its own: its hosts would be this
+scenario's archive and backup host, converged the same way by site.yml. This
+module runs after test_backup_restore.py (pytest takes the files in name order),
+so it also shows that the backups go on working on an archive restored in place:
 a file backup paired with its PostgreSQL restore point, the SFTP-only account,
-the encrypted repository, the retention and check jobs, a failure where the
-monitoring and the on-call technician look, and check mode that changes nothing.
+the encrypted repository, the retention and check jobs, and a failure where the
+monitoring and the on-call technician look. Check mode from scratch is the
+scenario's `check` step, over site.yml with the backup roles.
 """
 
 from __future__ import annotations
@@ -13,9 +17,9 @@ import re
 import time
 
 import pytest
-from pacs_testlib import host_spec, lab_host, run_check_mode
+from pacs_testlib import host_spec, lab_host
 
-ARCHIVE, REPO = "pacs-mol-backup-files-archive", "pacs-mol-backup-files-repo"
+ARCHIVE, REPO = "pacs-mol-backup-archive", "pacs-mol-backup-repo"
 testinfra_hosts = [host_spec(ARCHIVE)]
 
 
@@ -128,8 +132,3 @@ def test_a_failed_backup_is_seen_by_prometheus_and_in_the_journal(archive) -> No
         time.sleep(1)
     assert "backup job dicom-files FAILED" in log, log
     assert "pacs-backup-dicom-files.service FAILED" in log, log
-
-
-def test_check_mode_on_converged_hosts_reports_no_change() -> None:
-    recap, changed = run_check_mode()
-    assert recap and all(count == 0 for count in recap.values()), changed

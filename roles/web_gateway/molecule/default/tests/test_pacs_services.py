@@ -1,6 +1,8 @@
-"""pacs-web on the real archive, on Debian 13, driven over HTTP.
+"""pacs-web (roles/pacs_services) on the real archive, on Debian 13, driven over HTTP.
 
-Debian 12's pacs-web runs in molecule/single-host, behind its gateway.
+The role has no scenario of its own: it runs on the gateway's host of this
+scenario, as site.yml converges a web host, and test_web_gateway.py signs in
+through the gateway. Debian 12's pacs-web runs in molecule/single-host.
 
 Two small studies go in with dcmtk's storescu from this machine (the declared
 modality). pacs-web listens on the host's loopback only, so the tests reach it
@@ -51,7 +53,7 @@ from pacs_testlib import (
 
 from pacs_libre.dicom.synth import StudyManifest, make_study
 
-HOSTS = {"pacs-mol-svc-d13": "MOLSVC13"}
+HOSTS = {"pacs-mol-web-d13": "MOLWEB"}
 MODALITY = "MOLSVCMODALITY"
 AUDIT = "/var/log/pacs-libre/pacs-web/audit.log"
 GATEWAY = "https://127.0.0.1:8443"
