@@ -208,3 +208,31 @@ def test_the_flag_lets_it_go_on_and_says_that_no_backup_is_taken(tmp_path: Path,
     # The only host cannot be reached (port 1): the run stops there, having changed nothing.
     assert proc.returncode != 0
     assert "changed=0" in out
+
+
+@pytest.mark.parametrize("value", ["10m", "5", "-600", "six hundred"])
+def test_a_drain_timeout_that_is_not_seconds_is_refused_before_any_host(
+    tmp_path: Path, value: str
+) -> None:
+    proc = run_request(tmp_path, NO_BACKUP_HOST, "-e", f"upgrade_drain_timeout='{value}'")
+    out = " ".join(proc.stdout.split())
+    assert proc.returncode != 0, out
+    assert f'upgrade_drain_timeout is "{value}": it must be a whole number of seconds' in out, out
+    assert "Nothing was changed" in out
+    assert "(2/6)" not in out, "a host was reached after the refusal"
+
+
+def test_a_drain_timeout_from_the_inventory_is_checked_too(tmp_path: Path) -> None:
+    inventory = NO_BACKUP_HOST + "  vars:\n    upgrade_drain_timeout: 10m\n"
+    proc = run_request(tmp_path, inventory, "-e", "upgrade_without_backup=true")
+    out = " ".join(proc.stdout.split())
+    assert proc.returncode != 0, out
+    assert 'upgrade_drain_timeout is "10m"' in out, out
+
+
+def test_a_drain_timeout_in_seconds_goes_on(tmp_path: Path) -> None:
+    proc = run_request(tmp_path, NO_BACKUP_HOST, "-e", "upgrade_drain_timeout=900")
+    out = " ".join(proc.stdout.split())
+    # Past the timeout's check, the request stops at the next one: no backup host.
+    assert "upgrade_drain_timeout is" not in out, out
+    assert "The inventory has no backup host (group pacs_backup)" in out, out
