@@ -40,9 +40,11 @@ def run_job(host, job: str) -> None:  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def archive():  # type: ignore[no-untyped-def]
     host = lab_host(ARCHIVE)
-    # A DICOM-like file in the storage folder, as Orthanc lays them out.
+    # A DICOM-like file in the storage folder, as Orthanc lays them out. Both
+    # folders are Orthanc's (install -d would make the first one root's, and
+    # Orthanc could then not write the instances whose names start with "ab").
     host.check_output(
-        "install -d -o orthanc -g orthanc /srv/pacs/orthanc/ab/cd && "
+        "install -d -o orthanc -g orthanc /srv/pacs/orthanc/ab /srv/pacs/orthanc/ab/cd && "
         "head -c 300000 /dev/urandom > /srv/pacs/orthanc/ab/cd/abcd-test && "
         "chown orthanc:orthanc /srv/pacs/orthanc/ab/cd/abcd-test"
     )
