@@ -41,6 +41,14 @@ def test_the_preloaded_image_is_its_own_recipe_and_name():
         lab.ImageRecipe.for_image("docker.example/debian:13")
 
 
+def test_each_release_takes_its_own_turn_on_the_shared_apt_cache():
+    """A Debian 12 host and a Debian 13 host lock their own release's folder, never each other's."""
+    twelve, thirteen = lab.apt_get_wrapper("bookworm"), lab.apt_get_wrapper("trixie")
+    assert f"{lab.APT_CACHE_MOUNT}/bookworm/apt-get.lock /usr/bin/apt-get" in twelve
+    assert f"{lab.APT_CACHE_MOUNT}/trixie/apt-get.lock /usr/bin/apt-get" in thirteen
+    assert "{codename}" not in twelve + thirteen
+
+
 def _yaml(path: str) -> dict[str, object]:
     return yaml.safe_load((ROOT / path).read_text())
 

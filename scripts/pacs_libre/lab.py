@@ -73,10 +73,10 @@ IMAGE_PACKAGES: tuple[str, ...] = (
 #: archive core's roles (base, pki, postgresql, orthanc), installed and
 #: configured as Debian installs them, with nothing of pacs-libre's set up, and
 #: the base role's default locales generated; Orthanc and PostgreSQL are left
-#: disabled. Scenarios that test another role
-#: start from it, so they do not spend their time (and the shared apt cache's
-#: turn) installing what the core's own scenarios and molecule/single-host
-#: already install from the minimal image. tests/test_lab.py checks that it
+#: disabled. Every scenario but molecule/single-host and those of base, pki
+#: and preflight starts from it, so they do not spend their time (and the
+#: shared apt cache's turn) installing what molecule/single-host already
+#: installs from the minimal image, on Debian 13 and 12. tests/test_lab.py checks that it
 #: holds every package those roles install.
 PRELOAD_COMMON: tuple[str, ...] = (
     # base
@@ -134,10 +134,19 @@ IMAGE_RECIPE_VERSION = 6
 #: The hosts share one apt package cache, and apt refuses to work while another
 #: apt holds its lock there (it cannot wait for it). In the lab image only,
 #: apt-get (first on PATH) takes its turn through flock on the shared mount.
+#: The turn is per Debian release, as the archive folder is: a Debian 12 host
+#: and a Debian 13 host never share a file there, and install side by side.
 APT_GET_WRAPPER = """#!/bin/sh
-# pacs-libre lab image: the hosts share one apt cache; take turns using it.
-exec flock --wait 900 /var/cache/pacs-libre-apt/apt-get.lock /usr/bin/apt-get "$@"
+# pacs-libre lab image: the hosts of this Debian release share one apt cache;
+# take turns using it.
+exec flock --wait 900 /var/cache/pacs-libre-apt/{codename}/apt-get.lock /usr/bin/apt-get "$@"
 """
+
+
+def apt_get_wrapper(codename: str) -> str:
+    """The lab image's apt-get, which waits for its release's turn on the shared cache."""
+    return APT_GET_WRAPPER.format(codename=codename)
+
 
 #: Every host makes its own SSH host keys at first boot: keys baked into the image
 #: would be the same on every host, and pinning them would prove nothing.
@@ -288,7 +297,7 @@ class ImageRecipe:
                 "packages": sorted(self.packages),
                 "masked": sorted(self.masked_units),
                 "version": self.version,
-                "apt_get_wrapper": APT_GET_WRAPPER,
+                "apt_get_wrapper": apt_get_wrapper(self.codename),
                 "ssh_hostkeys_unit": SSH_HOSTKEYS_UNIT,
                 # Only the preloaded image has these: the minimal one keeps its digest.
                 **(
@@ -448,9 +457,9 @@ def _preload(target: Path, recipe: ImageRecipe, progress: Callable[[str], None])
     archives = shared / recipe.codename / "archives"
     (archives / "partial").mkdir(parents=True, exist_ok=True)
     mountpoint = target / "var/cache/apt/archives"
-    # The hosts' apt-get takes its turn on the shared cache through this lock
-    # (APT_GET_WRAPPER); the build takes the same turn.
-    turn = ["flock", "--wait", "900", str(shared / "apt-get.lock")]
+    # The hosts' apt-get takes its turn on the release's shared cache through
+    # this lock (apt_get_wrapper); the build takes the same turn.
+    turn = ["flock", "--wait", "900", str(shared / recipe.codename / "apt-get.lock")]
     env = ["env", "DEBIAN_FRONTEND=noninteractive"]
     # Recommends too, as the roles install them (apt's default).
     install = [*env, "apt-get", "install", "-y"]
@@ -524,7 +533,7 @@ def _prepare_rootfs(target: Path, recipe: ImageRecipe) -> None:
     (wants / SSH_HOSTKEYS_UNIT_NAME).unlink(missing_ok=True)
     (wants / SSH_HOSTKEYS_UNIT_NAME).symlink_to(f"/etc/systemd/system/{SSH_HOSTKEYS_UNIT_NAME}")
     wrapper = target / "usr/local/bin/apt-get"
-    wrapper.write_text(APT_GET_WRAPPER)
+    wrapper.write_text(apt_get_wrapper(recipe.codename))
     wrapper.chmod(0o755)
     (target / "etc/pacs-libre-lab-recipe").write_text(
         f"debian={recipe.debian} codename={recipe.codename} recipe={recipe.digest}\n"
