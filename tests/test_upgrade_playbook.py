@@ -137,7 +137,43 @@ def test_the_verify_play_compares_the_archive_and_asks_by_qido_and_c_find() -> N
     assert "/dicom-web/studies" in census
 
 
-def run_request(tmp_path: Path, inventory: str, *args: str) -> subprocess.CompletedProcess[str]:
+def test_each_server_restarts_only_the_services_it_has() -> None:
+    """A database server has no nginx.service: systemctl's 5 (no such unit) is not a failure."""
+    (handler,) = plays()[3]["handlers"]
+    assert handler["ansible.builtin.command"]["argv"][:2] == ["systemctl", "try-restart"]
+    assert handler["failed_when"] == f"{handler['register']}.rc not in [0, 5]"
+    assert handler["changed_when"] == f"{handler['register']}.rc == 0"
+
+
+DIST_UPGRADE = ROOT / "playbooks/dist-upgrade.yml"
+
+
+def test_dist_upgrade_is_upgrade_yml_asking_for_debian_13() -> None:
+    (play,) = yaml.safe_load(DIST_UPGRADE.read_text())
+    assert play["ansible.builtin.import_playbook"] == "upgrade.yml"
+    assert play["vars"] == {"upgrade_debian_major": "13"}
+
+
+def test_the_release_upgrade_is_checked_first_and_replaces_the_package_upgrade() -> None:
+    health, upgrade = plays()[1], plays()[3]
+    (check,) = [t for t in tasks(health) if "dist-upgrade-check.yml" in str(t)]
+    assert "hostvars['localhost'].upgrade_to_debian13 | bool" in check["when"]
+    (release,) = [t for t in tasks(upgrade) if "dist-upgrade-host.yml" in str(t)]
+    (packages,) = [t for t in tasks(upgrade) if "ansible.builtin.apt" in t]
+    assert release["when"] == "__upgrade_dist_here | bool"
+    assert packages["when"] == "not __upgrade_dist_here | bool"
+    names = [t["name"] for t in tasks(upgrade)]
+    assert names.index(release["name"]) == 1, "the release upgrade comes right after the drain"
+    # The server's own answer from play 2, and the request from play 1.
+    assert "upgrade_dist_pending" in upgrade["vars"]["__upgrade_dist_here"]
+    assert "upgrade_to_debian13" in upgrade["vars"]["__upgrade_dist_here"]
+    for name in ("dist-upgrade-check", "dist-upgrade-host", "dist-upgrade-postgresql"):
+        assert (ROOT / f"playbooks/tasks/{name}.yml").exists()
+
+
+def run_request(
+    tmp_path: Path, inventory: str, *args: str, playbook: Path = UPGRADE
+) -> subprocess.CompletedProcess[str]:
     (tmp_path / "hosts.yml").write_text(inventory)
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_STRATEGY="linear")
     venv_bin = Path(sys.executable).parent
@@ -146,7 +182,7 @@ def run_request(tmp_path: Path, inventory: str, *args: str) -> subprocess.Comple
             str(venv_bin / "ansible-playbook"),
             "-i",
             str(tmp_path / "hosts.yml"),
-            str(UPGRADE),
+            str(playbook),
             *args,
         ],
         cwd=ROOT,
@@ -236,3 +272,31 @@ def test_a_drain_timeout_in_seconds_goes_on(tmp_path: Path) -> None:
     # Past the timeout's check, the request stops at the next one: no backup host.
     assert "upgrade_drain_timeout is" not in out, out
     assert "The inventory has no backup host (group pacs_backup)" in out, out
+
+
+@pytest.mark.parametrize("value", ["14", "12", "trixie"])
+def test_a_debian_release_other_than_13_is_refused_before_any_host(
+    tmp_path: Path, value: str
+) -> None:
+    proc = run_request(tmp_path, NO_BACKUP_HOST, "-e", f"upgrade_debian_major={value}")
+    out = " ".join(proc.stdout.split())
+    assert proc.returncode != 0, out
+    expected = f'upgrade_debian_major is "{value}": pacs-libre upgrades servers from Debian 12'
+    assert expected in out, out
+    assert "Nothing was changed" in out
+    assert "(2/6)" not in out, "a host was reached after the refusal"
+
+
+def test_dist_upgrade_says_that_it_takes_the_servers_to_debian_13(tmp_path: Path) -> None:
+    proc = run_request(
+        tmp_path,
+        NO_BACKUP_HOST.replace("192.0.2.1", "127.0.0.1\n              ansible_port: 1"),
+        "-e",
+        "upgrade_without_backup=true",
+        playbook=DIST_UPGRADE,
+    )
+    out = " ".join(proc.stdout.split())
+    assert "and Debian 13 (those still on Debian 12), one server at a time" in out, out
+    # Unreachable (port 1): it stops in play 2, before any change.
+    assert proc.returncode != 0
+    assert "changed=0" in out
