@@ -641,7 +641,18 @@ def restore_cmd(
         typer.echo(json.dumps({"command": command, "host": host, "runs": rows}, indent=2))
         return
     table = Table(title=f"Restore throughput on {host}")
-    for column in ("what", "MB", "seconds", "MB/s", "vs disk", "CPU s", "CPU/wall", "detail"):
+    columns = (
+        "what",
+        "MB",
+        "seconds",
+        "MB/s",
+        "vs disk",
+        "CPU s",
+        "CPU/wall",
+        "wait/wall",
+        "detail",
+    )
+    for column in columns:
         table.add_column(column, justify="left" if column in {"what", "detail"} else "right")
     for row in rows:
         table.add_row(
@@ -652,6 +663,7 @@ def restore_cmd(
             "" if row["ratio"] is None else f"{row['ratio']}",
             "" if row["cpu_seconds"] is None else f"{float(str(row['cpu_seconds'])):.1f}",
             "" if row["cpu_share"] is None else f"{row['cpu_share']}",
+            "" if row["wait_share"] is None else f"{row['wait_share']}",
             str(row["detail"]),
         )
     out.print(table)

@@ -18,9 +18,14 @@ On one archive host, in one run, one after the other:
     folder (the archive's own cluster is left alone), then ``sync``.
 
 Each restore also reports the CPU seconds (user and system) that it and the
-processes it started spent, ssh included (``getrusage`` of its children): CPU
-seconds close to the wall-clock seconds, or above on two cores, say the CPU is
-the limit; far below, the waits are elsewhere (the network, round trips, the disk).
+processes it started spent, ssh included (``getrusage`` of its children), and the
+seconds its threads spent runnable but waiting for a core (the second field of
+each thread's ``/proc/<pid>/task/<tid>/schedstat``, read every 0.1 s while it
+runs). CPU seconds close to the wall-clock seconds, or above on two cores, say
+the CPU is the limit; far below, the waits are elsewhere (the network, round
+trips, the disk) -- unless the wait for a core fills the gap: then the restore
+had work to do and no core to do it on, a machine too busy rather than a slow
+restore.
 
 Each restore's rate is its bytes written over its seconds, and its ratio is that
 rate over the disk's. The scratch folder is removed at the end. Nothing here is a
@@ -40,28 +45,76 @@ from pacs_libre.errors import UserError
 # On the filesystem of the archive's own data, so that the disk measured is theirs.
 SCRATCH = "/srv/pacs/.bench-restore"
 
+# PROBE FILE COMMAND...: runs COMMAND; then writes to FILE "user system wait": the
+# CPU seconds of it and of what it started (getrusage of the children), and the
+# seconds their threads were runnable but waiting for a core. schedstat's second
+# field is that wait, in ns, since the thread started; it is read every 0.1 s over
+# the whole process tree (restic, then its ssh), and each thread's last reading
+# counts, so at most its final 0.1 s is missed.
+PROBE = r"""
+import os, resource, subprocess, sys, time
+
+
+def tree(root):
+    children = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as stat:
+                    ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+waits = {}
+command = subprocess.Popen(sys.argv[2:], stdout=subprocess.DEVNULL)
+while command.poll() is None:
+    for pid in tree(command.pid):
+        try:
+            threads = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in threads:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
+                    waits[pid, tid] = int(stat.read().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    time.sleep(0.1)
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+with open(sys.argv[1], "w") as out:
+    out.write("%.3f %.3f %.3f" % (usage.ru_utime, usage.ru_stime, sum(waits.values()) / 1e9))
+sys.exit(command.returncode)
+"""
+
 # Runs on the host, as root; prints one JSON object. The arguments are the scratch
-# folder and the disk baseline's size in MiB.
+# folder and the disk baseline's size in MiB; PROBE is written into it.
 SCRIPT = r"""
 set -eu
 # Decimal points, not the host's locale's commas.
 export LC_ALL=C
 scratch=$1; size_mb=$2
+probe=$(cat <<'PROBE'
+@PROBE@
+PROBE
+)
 rm -rf "$scratch"; mkdir -p "$scratch"
 trap 'rm -rf "$scratch"' EXIT
 now() { date +%s.%N; }
 minus() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
 bytes() { du -sb "$1" | cut -f1; }
 # cpu FILE COMMAND...: runs COMMAND, then writes to FILE the CPU seconds (user,
-# system) of it and of every process it started and waited for.
-cpu() {
-  python3 -c 'import resource, subprocess, sys
-rc = subprocess.run(sys.argv[2:], stdout=subprocess.DEVNULL).returncode
-r = resource.getrusage(resource.RUSAGE_CHILDREN)
-open(sys.argv[1], "w").write("%.3f %.3f" % (r.ru_utime, r.ru_stime))
-sys.exit(rc)' "$@"
-}
-cpu_json() { awk '{ printf "{\"user\": %s, \"system\": %s}", $1, $2 }' "$1"; }
+# system) of it and of every process it started and waited for, and the seconds
+# their threads waited for a core (bench_restore.PROBE).
+cpu() { python3 -c "$probe" "$@"; }
+cpu_json() { awk '{ printf "{\"user\": %s, \"system\": %s, \"wait\": %s}", $1, $2, $3 }' "$1"; }
 sync
 t0=$(now)
 dd if=/dev/zero of="$scratch/dd" bs=1M count="$size_mb" conv=fdatasync status=none
@@ -104,7 +157,7 @@ cat <<JSON
  "postgresql": {"bytes": $pg_bytes, "seconds": $(minus "$t5" "$t4"),
                 "cpu": $(cpu_json "$scratch/pg.cpu")}}
 JSON
-"""
+""".replace("@PROBE@", PROBE.strip())
 
 
 @dataclass
@@ -115,6 +168,8 @@ class Measure:
     detail: str = ""
     # CPU seconds (user + system) of the command and what it started; None for dd.
     cpu_seconds: float | None = None
+    # Seconds its threads were runnable but waiting for a core; None for dd.
+    wait_seconds: float | None = None
 
     @property
     def cpu_share(self) -> float | None:
@@ -124,15 +179,23 @@ class Measure:
         return self.cpu_seconds / self.seconds
 
     @property
+    def wait_share(self) -> float | None:
+        """Seconds waiting for a core per wall-clock second (summed over its threads)."""
+        if self.wait_seconds is None or self.seconds <= 0:
+            return None
+        return self.wait_seconds / self.seconds
+
+    @property
     def mb_per_s(self) -> float:
         return self.bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
 
     def as_dict(self) -> dict[str, object]:
-        share = self.cpu_share
+        share, wait = self.cpu_share, self.wait_share
         return {
             **asdict(self),
             "mb_per_s": round(self.mb_per_s, 1),
             "cpu_share": None if share is None else round(share, 2),
+            "wait_share": None if wait is None else round(wait, 2),
         }
 
 
@@ -145,6 +208,7 @@ def _measure(name: str, part: dict[str, Any], detail: str = "") -> Measure:
         float(part["seconds"]),
         detail,
         None if cpu is None else float(cpu["user"]) + float(cpu["system"]),
+        None if cpu is None else float(cpu["wait"]),
     )
 
 
