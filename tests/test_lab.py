@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -177,3 +178,31 @@ def test_the_virtualenv_does_not_shadow_dcmtk():
     venv_bin = Path(sys.executable).parent
     for name in ("storescu", "storescp", "findscu", "movescu", "echoscu"):
         assert not (venv_bin / name).exists(), f"{venv_bin / name} would shadow dcmtk's {name}"
+
+
+def test_hosts_started_by_a_pinned_process_run_on_every_cpu() -> None:
+    """Mitogen pins what Ansible starts to one CPU; the hosts must not inherit that pin.
+
+    A process pinned to one CPU (as `pacsctl lab scenario up` is under a scenario's create
+    step) calls lab.on_every_cpu(), then starts a child, as it starts podman: the child may
+    run on every CPU this test may run on.
+    """
+    allowed = sorted(os.sched_getaffinity(0))
+    code = (
+        "import subprocess; from pacs_libre import lab; lab.on_every_cpu(); "
+        "print(subprocess.run(['grep', 'Cpus_allowed_list', '/proc/self/status'],"
+        " capture_output=True, text=True, check=True).stdout)"
+    )
+    proc = subprocess.run(
+        ["taskset", "-c", str(allowed[-1]), sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    mask = proc.stdout.split(":", 1)[1].strip()
+    cpus: set[int] = set()
+    for part in mask.split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    assert cpus == set(allowed), f"the child runs on {mask}, not on {allowed}"

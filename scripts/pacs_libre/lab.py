@@ -763,8 +763,25 @@ def ensure_network(lab: Lab) -> bool:
     return True
 
 
+def on_every_cpu() -> None:
+    """Let this process, and the hosts it starts from now on, run on every CPU.
+
+    A host's conmon, its systemd and every service in it keep the CPU mask of the
+    podman that started them. Under Ansible's Mitogen strategy (ansible.cfg) that
+    mask is Mitogen's: it pins its processes and what they start (a scenario's
+    create step runs `pacsctl lab scenario up`) to CPUs, on two cores all of them
+    to CPU 1 (ansible_mitogen/affinity.py). Every host of every scenario then
+    shared one core while the other stayed idle.
+    """
+    cpus = os.cpu_count() or 1
+    # The cpuset, if narrower, still bounds it: the kernel keeps the intersection.
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setaffinity(0, range(cpus))
+
+
 def ensure_host(lab: Lab, host: LabHost) -> str:
     """Start a host's container, reusing what exists. Returns what was done."""
+    on_every_cpu()
     image = host.image_name
     state = container_state(host.container)
     if state is not None:
