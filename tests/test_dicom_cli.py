@@ -79,3 +79,37 @@ def test_synth_then_send_then_echo(tmp_path, capsys):
         assert len(list(inbox.iterdir())) == 3
         assert main(["dicom", "echo", *where]) == 0
         assert "success" in capsys.readouterr().out
+
+
+def _two_site_lab(tmp_path: Path) -> Path:
+    inv = tmp_path / "lab"
+    (inv / "host_vars").mkdir(parents=True)
+    (inv / "hosts.yml").write_text("all:\n  hosts:\n    pacs1:\n    relay1:\n")
+    (inv / "host_vars/pacs1.yml").write_text(
+        "lab_endpoints:\n  dicom: {host: 127.0.0.1, port: 4242, aet: MAIN,"
+        " test_calling_aets: [MODALITY]}\n"
+    )
+    (inv / "host_vars/relay1.yml").write_text(
+        "lab_network: lab-peripheral\nlab_site: peripheral\n"
+        "lab_endpoints:\n  dicom_peripheral: {host: 127.0.0.1, port: 4252, aet: RELAY,"
+        " test_calling_aets: [PERIMODALITY]}\n"
+    )
+    return inv
+
+
+def test_the_peripheral_site_sends_to_its_relay(tmp_path):
+    inv = _two_site_lab(tmp_path)
+    main_site = resolve_target(None, None, None, inv)
+    peripheral = resolve_target(None, None, None, inv, "peripheral")
+    assert (main_site.port, main_site.aet, main_site.calling_aet) == (4242, "MAIN", "MODALITY")
+    assert (peripheral.port, peripheral.aet, peripheral.calling_aet) == (
+        4252,
+        "RELAY",
+        "PERIMODALITY",
+    )
+
+
+def test_a_site_the_lab_does_not_have_is_named_with_its_key(tmp_path):
+    inv = _two_site_lab(tmp_path)
+    with pytest.raises(UserError, match=r"site 'bourg'.*dicom_bourg"):
+        resolve_target(None, None, None, inv, "bourg")

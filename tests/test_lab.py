@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -206,3 +207,33 @@ def test_hosts_started_by_a_pinned_process_run_on_every_cpu() -> None:
         first, _, last = part.partition("-")
         cpus.update(range(int(first), int(last or first) + 1))
     assert cpus == set(allowed), f"the child runs on {mask}, not on {allowed}"
+
+
+def test_status_shows_both_sites_and_their_dicom_endpoints(tmp_path, capsys):
+    inv = tmp_path / "lab"
+    (inv / "host_vars").mkdir(parents=True)
+    (inv / "hosts.yml").write_text("all:\n  hosts:\n    pacs1:\n    relay1:\n")
+    (inv / "host_vars/pacs1.yml").write_text(
+        "lab_endpoints:\n  dicom: {host: 127.0.0.1, port: 4242, aet: MAIN}\n"
+    )
+    (inv / "host_vars/relay1.yml").write_text(
+        "lab_network: lab-peripheral\nlab_site: peripheral\nlab_devices: [/dev/net/tun]\n"
+        "lab_endpoints:\n  dicom_peripheral: {host: 127.0.0.1, port: 4252, aet: RELAY}\n"
+    )
+    the_lab = lab.load_lab(inv)
+    relay = the_lab.hosts[[h.name for h in the_lab.hosts].index("relay1")]
+    assert (relay.network, relay.site, relay.devices) == (
+        "lab-peripheral",
+        "peripheral",
+        ["/dev/net/tun"],
+    )
+    assert main(["lab", "status", "--inventory", str(inv), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["networks"] == ["pacs-lab", "lab-peripheral"]
+    sites = {h["name"]: (h["site"], h["network"]) for h in data["hosts"]}
+    assert sites == {"pacs1": ("main", "pacs-lab"), "relay1": ("peripheral", "lab-peripheral")}
+    assert set(data["endpoints"]) == {"dicom", "dicom_peripheral"}
+    assert main(["lab", "status", "--inventory", str(inv)]) == 0
+    table = capsys.readouterr().out
+    assert "networks pacs-lab, lab-peripheral" in table
+    assert "AE title RELAY at 127.0.0.1:4252" in table

@@ -105,17 +105,35 @@ def test_scenario_lab_comes_from_the_platforms(tmp_path):
     )
 
 
-def test_scenario_platforms_on_two_networks_are_refused(tmp_path):
+def test_a_scenario_host_of_another_site_has_its_own_network(tmp_path):
+    platforms = [
+        {"name": "main", "image": "localhost/pacs-libre-lab:debian13", "network": "n-main"},
+        {
+            "name": "relay",
+            "image": "localhost/pacs-libre-lab:debian13",
+            "network": "n-peripheral",
+            "devices": ["/dev/net/tun"],
+        },
+    ]
+    the_lab = lab.scenario_lab(platforms, tmp_path)
+    main, relay = the_lab.hosts
+    assert the_lab.name == the_lab.network == "n-main"
+    assert the_lab.networks == ["n-main", "n-peripheral"]
+    assert (the_lab.network_of(main), the_lab.network_of(relay)) == ("n-main", "n-peripheral")
+    assert (main.devices, relay.devices) == ([], ["/dev/net/tun"])
+
+
+def test_a_scenario_platform_without_a_network_is_refused_by_name(tmp_path):
     platforms = [
         {"name": "a", "image": "i", "network": "n1"},
-        {"name": "b", "image": "i", "network": "n2"},
+        {"name": "b", "image": "i"},
     ]
     try:
         lab.scenario_lab(platforms, tmp_path)
     except lab.UserError as exc:
-        assert "same 'network'" in str(exc)
+        assert "['b']" in str(exc) and "'network'" in str(exc)
     else:
-        raise AssertionError("two networks were accepted")
+        raise AssertionError("a platform without a network was accepted")
 
 
 def test_status_rows_are_readable_not_json():

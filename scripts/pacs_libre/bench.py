@@ -636,7 +636,7 @@ def ensure_stock(
     recipe = lab.ImageRecipe.for_debian(debian)
     progress(f"image {recipe.image}")
     lab.build_image(recipe)
-    lab.ensure_network(the_lab)
+    lab.ensure_networks(the_lab)
     host = the_lab.hosts[0]
     progress(f"host {STOCK_CONTAINER}")
     lab.ensure_host(the_lab, host)

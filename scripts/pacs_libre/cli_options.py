@@ -59,7 +59,19 @@ AET_OPT = typer.Option(None, "--aet", help="The archive's AE title (default: the
 CALLING_OPT = typer.Option(
     None, "--calling-aet", help="Our AE title, declared on the archive (default: the lab's)."
 )
+SITE_OPT = typer.Option(
+    "main",
+    "--site",
+    help="The lab's site whose DICOM node is the default target: main (the archive) or "
+    "peripheral (its relay, as a peripheral modality).",
+)
 INVENTORY_OPT = typer.Option(
     DEFAULT_INVENTORY, "--inventory", "-i", help="Lab inventory that gives the defaults."
 )
-LAB_INVENTORY_OPT = typer.Option(DEFAULT_INVENTORY, "--inventory", "-i", help="Lab inventory.")
+LAB_SITE_OPT = typer.Option(
+    "main",
+    "--site",
+    help="The lab's site whose DICOM node is the default target: main (the archive) or "
+    "peripheral (its relay, as a peripheral modality).",
+)
+INVENTORY_OPT = typer.Option(DEFAULT_INVENTORY, "--inventory", "-i", help="Lab inventory.")

@@ -2,7 +2,8 @@
 
 Where to connect: ``--target HOST:PORT``, ``--aet`` (the archive's AE title) and
 ``--calling-aet`` (ours). Left out, they come from the lab's DICOM endpoint
-(``pacsctl lab status --format json`` → ``endpoints.dicom``).
+(``pacsctl lab status --format json`` → ``endpoints.dicom``), or with ``--site
+peripheral`` from the peripheral site's relay (``endpoints.dicom_peripheral``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pacs_libre.cli_options import (
     CALLING_OPT,
     FORMAT_OPT,
     INVENTORY_OPT,
+    SITE_OPT,
     TARGET_OPT,
     TableOrJson,
 )
@@ -119,13 +121,14 @@ def send_cmd(
     aet: str | None = AET_OPT,
     calling_aet: str | None = CALLING_OPT,
     inventory: Path = INVENTORY_OPT,
+    site: str = SITE_OPT,
     fmt: TableOrJson = FORMAT_OPT,
 ) -> None:
     """C-STORE files to the archive over one association; exit 1 if any failed."""
     files = net.expand_paths(paths)
     if not files:
         raise UserError("nothing to send: no files under the given paths")
-    where = resolve_target(target, aet, calling_aet, inventory)
+    where = resolve_target(target, aet, calling_aet, inventory, site)
     with _progress() as bar:
         task = bar.add_task(f"C-STORE to {where.aet}", total=len(files))
         report = net.send(
@@ -189,6 +192,7 @@ def find_cmd(
     aet: str | None = AET_OPT,
     calling_aet: str | None = CALLING_OPT,
     inventory: Path = INVENTORY_OPT,
+    site: str = SITE_OPT,
     fmt: TableOrJson = FORMAT_OPT,
 ) -> None:
     """C-FIND (Study Root) on the archive; accented names match (UTF-8 query)."""
@@ -208,7 +212,7 @@ def find_cmd(
         keys["StudyDate"] = parse_date(date)
     if study_uid is not None:
         keys["StudyInstanceUID"] = study_uid
-    where = resolve_target(target, aet, calling_aet, inventory)
+    where = resolve_target(target, aet, calling_aet, inventory, site)
     matches = net.find(where.host, where.port, where.aet, where.calling_aet, level=level, **keys)
     columns = net.RETURN_KEYS[level]
     rows = [{k: _text(ds.get(k)) for k in columns} for ds in matches]
@@ -242,8 +246,9 @@ def echo_cmd(
     aet: str | None = AET_OPT,
     calling_aet: str | None = CALLING_OPT,
     inventory: Path = INVENTORY_OPT,
+    site: str = SITE_OPT,
 ) -> None:
     """C-ECHO the archive: does it answer, and does it accept our AE title?"""
-    where = resolve_target(target, aet, calling_aet, inventory)
+    where = resolve_target(target, aet, calling_aet, inventory, site)
     seconds = net.echo(where.host, where.port, where.aet, where.calling_aet)
     out.print(f"C-ECHO {where}: success in {seconds * 1000:.0f} ms")

@@ -582,6 +582,12 @@ class LabHost:
     #: More volumes (``SRC:DEST``) and capabilities (Molecule platforms name theirs).
     volumes: list[str] = field(default_factory=list)
     capabilities: list[str] = field(default_factory=lambda: ["NET_ADMIN"])
+    #: Its podman network; empty means the lab's (a peripheral site has its own).
+    network: str = ""
+    #: Devices passed through (``/dev/net/tun`` for a userspace WireGuard link).
+    devices: list[str] = field(default_factory=list)
+    #: The site of the territory it belongs to (what ``lab status`` groups by).
+    site: str = "main"
 
     @property
     def image_name(self) -> str:
@@ -604,6 +610,19 @@ class Lab:
     def volume_prefix(self) -> str:
         return f"{self.name}-"
 
+    def network_of(self, host: LabHost) -> str:
+        """The podman network a host is on: its own, or the lab's."""
+        return host.network or self.network
+
+    @property
+    def networks(self) -> list[str]:
+        """Every network of the lab, the lab's own first."""
+        found = [self.network]
+        for host in self.hosts:
+            if self.network_of(host) not in found:
+                found.append(self.network_of(host))
+        return found
+
     def host_volume(self, host: LabHost) -> str:
         return f"{host.container}-srv"
 
@@ -612,9 +631,11 @@ def load_lab(inventory: Path) -> Lab:
     """Read the lab's hosts and settings with ``ansible-inventory``.
 
     The inventory's ``lab_*`` variables say how each host is built:
-    ``lab_name`` (the prefix of every podman object), ``lab_network``,
-    ``lab_debian`` (13 or 12), ``lab_ports`` (published on 127.0.0.1) and
-    ``lab_endpoints`` (what ``lab status`` shows).
+    ``lab_name`` (the prefix of every podman object), ``lab_network`` (a host
+    may have its own: a peripheral site's), ``lab_devices`` (passed through),
+    ``lab_site`` (main, or the peripheral site's name), ``lab_debian`` (13 or
+    12), ``lab_ports`` (published on 127.0.0.1) and ``lab_endpoints`` (what
+    ``lab status`` shows).
     """
     if not inventory.exists():
         raise UserError(f"inventory '{inventory}' does not exist: pass --inventory inventories/lab")
@@ -632,6 +653,7 @@ def load_lab(inventory: Path) -> Lab:
     if not names:
         raise UserError(f"inventory '{inventory}' declares no hosts")
     lab_name = str(group_vars.get("lab_name", "pacs-lab"))
+    lab_network = str(group_vars.get("lab_network", lab_name))
     hosts: list[LabHost] = []
     for host in names:
         hv = {**group_vars, **hostvars.get(host, {})}
@@ -653,31 +675,42 @@ def load_lab(inventory: Path) -> Lab:
                 debian=str(hv.get("lab_debian", DEFAULT_DEBIAN)),
                 ports=ports,
                 endpoints=dict(hv.get("lab_endpoints", {}) or {}),
+                network=_own_network(hv, lab_network),
+                devices=[str(d) for d in hv.get("lab_devices", []) or []],
+                site=str(hv.get("lab_site", "main")),
             )
         )
     return Lab(
         inventory=inventory,
         name=lab_name,
-        network=str(group_vars.get("lab_network", lab_name)),
+        network=lab_network,
         hosts=hosts,
         ssh_dir=inventory.resolve() / ".ssh",
     )
 
 
+def _own_network(hostvars: dict[str, Any], lab_network: str) -> str:
+    """A host's own network, if not the lab's ("" then)."""
+    own = str(hostvars.get("lab_network") or lab_network)
+    return "" if own == lab_network else own
+
+
 def scenario_lab(platforms: Sequence[dict[str, Any]], ssh_dir: Path) -> Lab:
     """The lab of a Molecule scenario, from its ``platforms`` (molecule.yml).
 
-    A platform names its host (the container), its image, its network, its volumes
-    and capabilities, as the shared base config shows. Every host of a scenario is
-    on one network, which also names the scenario's podman objects.
+    A platform names its host (the container), its image, its network, its volumes,
+    capabilities and devices, as the shared base config shows. The first platform's
+    network names the scenario's podman objects; a host of another site may be on
+    a network of its own (molecule/territory's peripheral site).
     """
     if not platforms:
         raise UserError("the scenario lists no platforms: molecule.yml needs at least one host")
-    networks = {str(p.get("network", "")) for p in platforms}
-    if len(networks) != 1 or "" in networks:
-        raise UserError(
-            f"molecule.yml: every platform needs the same 'network' (found {sorted(networks)})"
-        )
+    missing = [
+        str(p.get("name", index)) for index, p in enumerate(platforms) if not p.get("network")
+    ]
+    if missing:
+        raise UserError(f"molecule.yml: platforms {missing} need a 'network'")
+    network = str(platforms[0]["network"])
     hosts = []
     for index, platform in enumerate(platforms):
         name, image = platform.get("name"), str(platform.get("image", ""))
@@ -692,9 +725,10 @@ def scenario_lab(platforms: Sequence[dict[str, Any]], ssh_dir: Path) -> Lab:
                 srv_volume=False,
                 volumes=[str(v) for v in platform.get("volumes", []) or []],
                 capabilities=[str(c) for c in platform.get("capabilities", []) or []],
+                network="" if str(platform["network"]) == network else str(platform["network"]),
+                devices=[str(d) for d in platform.get("devices", []) or []],
             )
         )
-    network = networks.pop()
     return Lab(inventory=ssh_dir, name=network, network=network, hosts=hosts, ssh_dir=ssh_dir)
 
 
@@ -754,13 +788,16 @@ def podman_changes() -> Iterator[None]:
         yield
 
 
-def ensure_network(lab: Lab) -> bool:
-    """Create the lab's network unless it exists. True if created."""
-    if run_tool(["podman", "network", "exists", lab.network], check=False).returncode == 0:
-        return False
-    with podman_changes():
-        run_tool(["podman", "network", "create", "--label", f"{LABEL}={lab.name}", lab.network])
-    return True
+def ensure_networks(lab: Lab) -> list[str]:
+    """Create the lab's networks that do not exist; the names of those created."""
+    created = []
+    for network in lab.networks:
+        if run_tool(["podman", "network", "exists", network], check=False).returncode == 0:
+            continue
+        with podman_changes():
+            run_tool(["podman", "network", "create", "--label", f"{LABEL}={lab.name}", network])
+        created.append(network)
+    return created
 
 
 def on_every_cpu() -> None:
@@ -820,7 +857,7 @@ def ensure_host(lab: Lab, host: LabHost) -> str:
         "--label",
         f"{LABEL}={lab.name}",
         "--network",
-        lab.network,
+        lab.network_of(host),
         "--network-alias",
         host.name,
         "--systemd=always",
@@ -828,6 +865,9 @@ def ensure_host(lab: Lab, host: LabHost) -> str:
     # NET_ADMIN: nftables (the base role's firewall) and chrony in a container.
     for capability in host.capabilities:
         args += ["--cap-add", capability]
+    # /dev/net/tun: wireguard-go, where the kernel has no WireGuard (the site link).
+    for device in host.devices:
+        args += ["--device", device]
     if host.srv_volume:
         volume = lab.host_volume(host)
         if run_tool(["podman", "volume", "exists", volume], check=False).returncode != 0:
@@ -870,14 +910,15 @@ def wait_booted(host: LabHost, timeout: float = 90.0) -> str:
 
 
 def network_address(lab: Lab, host: LabHost) -> str:
-    """The host's IPv4 address on the lab's network, as podman assigned it."""
+    """The host's IPv4 address on its network, as podman assigned it."""
     state = container_state(host.container) or {}
     networks = (state.get("NetworkSettings") or {}).get("Networks") or {}
-    address = str((networks.get(lab.network) or {}).get("IPAddress") or "")
+    network = lab.network_of(host)
+    address = str((networks.get(network) or {}).get("IPAddress") or "")
     if not address:
         raise LabStepError(
             f"address of {host.name}",
-            f"{host.container} has no address on network {lab.network}; "
+            f"{host.container} has no address on network {network}; "
             "`pacsctl lab down` then `pacsctl lab up` recreates it",
         )
     return address
@@ -921,8 +962,8 @@ def start(
     ``progress`` hears what is under way, ``report`` one line per thing done.
     Returns the ssh config's path.
     """
-    if ensure_network(lab):
-        report(f"created network {lab.network}")
+    for network in ensure_networks(lab):
+        report(f"created network {network}")
     for host in lab.hosts:
         progress(f"host {host.name}: starting")
         what = ensure_host(lab, host)
@@ -987,9 +1028,10 @@ def down(lab: Lab, *, purge: bool = False) -> list[str]:
 
 def _remove_network_and_keys(lab: Lab) -> list[str]:
     done = []
-    if run_tool(["podman", "network", "exists", lab.network], check=False).returncode == 0:
-        run_tool(["podman", "network", "rm", "--force", lab.network])
-        done.append(f"removed network {lab.network}")
+    for network in lab.networks:
+        if run_tool(["podman", "network", "exists", network], check=False).returncode == 0:
+            run_tool(["podman", "network", "rm", "--force", network])
+            done.append(f"removed network {network}")
     if lab.ssh_dir is not None and lab_ssh.remove_files(lab.ssh_dir):
         done.append(f"removed SSH keys {lab.ssh_dir}")
     return done
@@ -1024,6 +1066,8 @@ def status(lab: Lab) -> dict[str, Any]:
             {
                 "name": host.name,
                 "container": host.container,
+                "site": host.site,
+                "network": lab.network_of(host),
                 "state": state,
                 "address": address,
                 "ssh": f"ssh -F {lab.ssh_dir / 'config'} {host.container}"
@@ -1043,6 +1087,7 @@ def status(lab: Lab) -> dict[str, Any]:
         "lab": lab.name,
         "inventory": str(lab.inventory),
         "network": lab.network,
+        "networks": lab.networks,
         "hosts": hosts,
         "endpoints": endpoints,
     }

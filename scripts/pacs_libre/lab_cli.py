@@ -172,13 +172,16 @@ def status_cmd(
     if fmt == "json":
         typer.echo(json.dumps(data, indent=2))
         return
-    table = Table(title=f"lab '{data['lab']}' on network {data['network']}")
-    for column in ("host", "container", "state", "address", "debian", "published"):
+    networks = data["networks"]
+    where = f"network {networks[0]}" if len(networks) == 1 else f"networks {', '.join(networks)}"
+    table = Table(title=f"lab '{data['lab']}' on {where}")
+    for column in ("site", "host", "container", "state", "address", "debian", "published"):
         table.add_column(column)
     for host in data["hosts"]:
         published = ", ".join(f"{p['host']}->{p['container']}/{p['proto']}" for p in host["ports"])
         colour = "green" if host["state"] == "running" else "red"
         table.add_row(
+            host["site"],
             host["name"],
             host["container"],
             f"[{colour}]{host['state']}[/]",

@@ -2,7 +2,8 @@
 
 ``pacsctl dicom`` and ``pacsctl bench`` both resolve their ``--target``, ``--aet`` and
 ``--calling-aet`` here; left out, they come from the lab's DICOM endpoint (``pacsctl lab status
---format json`` -> ``endpoints.dicom``).
+--format json`` -> ``endpoints.dicom``), or with ``--site peripheral`` from that site's relay
+(``endpoints.dicom_peripheral``): this machine then sends like a peripheral modality.
 """
 
 from __future__ import annotations
@@ -38,13 +39,22 @@ def parse_hostport(value: str, option: str = "--target") -> tuple[str, int]:
     return match.group(1), int(match.group(2))
 
 
-def lab_dicom_endpoint(inventory: Path) -> dict[str, Any] | None:
-    """The lab's ``endpoints.dicom`` (host, port, aet, test_calling_aets), or None."""
+MAIN_SITE = "main"
+
+
+def endpoint_key(site: str) -> str:
+    """The key of a site's DICOM endpoint in ``lab status``: ``dicom`` for the main site's
+    archive, ``dicom_<site>`` for a peripheral site's relay."""
+    return "dicom" if site == MAIN_SITE else f"dicom_{site}"
+
+
+def lab_dicom_endpoint(inventory: Path, site: str = MAIN_SITE) -> dict[str, Any] | None:
+    """A site's DICOM endpoint in the lab (host, port, aet, test_calling_aets), or None."""
     path = inventory if inventory.exists() else lab.project_root() / inventory
     if not path.exists():
         return None
     try:
-        endpoint = lab.status(lab.load_lab(path))["endpoints"].get("dicom")
+        endpoint = lab.status(lab.load_lab(path))["endpoints"].get(endpoint_key(site))
     except UserError:
         return None
     return endpoint if isinstance(endpoint, dict) else None
@@ -55,12 +65,19 @@ def resolve_target(
     aet: str | None,
     calling_aet: str | None,
     inventory: Path = DEFAULT_INVENTORY,
+    site: str = MAIN_SITE,
 ) -> Target:
-    """Explicit options win; what is missing comes from the lab; else a one-line error."""
+    """Explicit options win; what is missing comes from the lab (the archive of the main
+    site, or the relay of ``site``); else a one-line error."""
     endpoint: dict[str, Any] | None = None
     if target is None or aet is None or calling_aet is None:
-        endpoint = lab_dicom_endpoint(inventory)
-    lab_note = "the lab publishes no DICOM endpoint (`pacsctl lab status`)"
+        endpoint = lab_dicom_endpoint(inventory, site)
+    lab_note = (
+        "the lab publishes no DICOM endpoint (`pacsctl lab status`)"
+        if site == MAIN_SITE
+        else f"the lab publishes no DICOM endpoint for site '{site}' "
+        f"(`pacsctl lab status` lists {endpoint_key(site)} when it has that site)"
+    )
     if target is not None:
         host, port = parse_hostport(target)
     elif endpoint and endpoint.get("host") and endpoint.get("port"):
