@@ -416,12 +416,24 @@ def test_duplicate_ae_title(copy_of: Callable[[str], Path]) -> None:
 
 
 def test_the_same_node_described_twice_is_not_a_duplicate(copy_of: Callable[[str], Path]) -> None:
-    """The territory's peers repeat the relay's and the archive's AE titles on purpose."""
+    """A relay may describe the main archive by hand (the relay role then routes to that node
+    instead of its own main-archive): the archive's AE title again, at its address and DICOM
+    TLS port, is the same node; elsewhere, a duplicate."""
     inv = copy_of("example-territory")
     relay = inv / "group_vars/pacs_relay/relay.yml"
     nodes = yaml.safe_load(relay.read_text())["pacs_dicom_nodes"]
-    nodes[-1]["host"] = "10.10.1.99"  # now PACS_GHT points somewhere else
-    edit(relay, pacs_dicom_nodes=nodes)
+    main = {
+        "name": "pacs-principal",
+        "kind": "peer",
+        "aet": "PACS_GHT",
+        "host": "pacs.ght-exemple.fr",
+        "port": 4243,
+        "tls": True,
+        "rights": ["echo", "store", "find", "move"],
+    }
+    edit(relay, pacs_dicom_nodes=[*nodes, main])
+    assert inventory.check(inv) == []
+    edit(relay, pacs_dicom_nodes=[*nodes, {**main, "host": "10.10.1.99"}])  # somewhere else
     [problem] = inventory.check(inv)
     assert problem.rule == "duplicate-ae-title"
     assert "AE title 'PACS_GHT'" in problem.message
@@ -473,6 +485,8 @@ def test_duplicate_published_lab_port(tmp_path: Path) -> None:
     (inv / "hosts.yml").write_text(
         "---\nall:\n  children:\n    pacs_servers:\n      hosts:\n        pacs1:\n        pacs2:\n"
     )
+    # Two archive hosts and no relay: no site link either.
+    (inv / "group_vars/all/site_links.yml").unlink(missing_ok=True)
     for host in ("pacs1", "pacs2"):
         edit(inv / f"host_vars/{host}.yml", lab_ports=[{"host": 4242, "container": 4242}])
     [problem] = inventory.check(inv)
@@ -641,7 +655,7 @@ def test_cli_ok_line_and_bad_usage() -> None:
         check=False,
     )
     assert ok.returncode == 0
-    assert ok.stdout.strip().endswith("OK, 2 host(s) checked")
+    assert ok.stdout.strip().endswith("OK, 3 host(s) checked")
     missing = subprocess.run(
         [PACSCTL, "inventory", "check", "inventories/nowhere"],
         capture_output=True,
@@ -670,3 +684,205 @@ def test_a_secret_field_inside_a_list_may_be_a_placeholder_only_in_an_example(
     edit(inv / "group_vars/all/pacs.yml", pacs_inventory_is_example=None)
     [problem] = only(inventory.check(inv), "placeholder")
     assert problem.key == "pacs_services_users[0].password"
+
+
+# ----------------------------------------------------------------------------- site links
+
+TERRITORY = "example-territory"
+MAIN = "pacs.ght-exemple.fr"
+RELAY = "pacs-relay.bourg.ght-exemple.fr"
+
+
+def links_file(inv: Path) -> Path:
+    return inv / "group_vars/all/site_links.yml"
+
+
+def set_links(inv: Path, *links: dict[str, Any], **more: Any) -> None:
+    edit(links_file(inv), site_links=list(links), **more)
+
+
+def bourg(**changes: Any) -> dict[str, Any]:
+    base = {"name": "bourg", "main": MAIN, "peripheral": RELAY, "tunnel": "10.200.1.0/30"}
+    return {**base, **changes}
+
+
+def not_an_example(inv: Path) -> None:
+    edit(inv / "group_vars/all/pacs.yml", pacs_inventory_is_example=None)
+
+
+def test_missing_site_link_keys_are_refused_outside_an_example(
+    copy_of: Callable[[str], Path],
+) -> None:
+    inv = copy_of(TERRITORY)
+    report = inventory.check_report(inv)
+    assert only(report.problems, "site-link") == []
+    assert report.notices[-1] == (
+        f"site link bourg: no keys in {inv}/site-link/bourg (main.key, peripheral.key, "
+        f"preshared.key); an example inventory may lack them, your copy needs "
+        f"`pacsctl site-link keys {inv}`"
+    )
+    not_an_example(inv)
+    [problem] = only(inventory.check(inv), "site-link")
+    assert problem == Problem(
+        str(links_file(inv)),
+        "site_links[0].name",
+        f"the keys of link 'bourg' are missing in {inv}/site-link/bourg: main.key, "
+        "peripheral.key, preshared.key",
+        f"make them: `pacsctl site-link keys {inv}` (roles/site_link/README.md, 'Keys')",
+        "site-link",
+    )
+    assert main(["site-link", "keys", str(inv)]) == 0
+    assert only(inventory.check(inv), "site-link") == []
+    # A folder of its own, named where it is set; a template only Ansible resolves is skipped.
+    keys = inv / "group_vars/all/keys.yml"
+    edit(keys, site_link_keys_dir="{{ inventory_dir }}/elsewhere")
+    [problem] = only(inventory.check(inv), "site-link")
+    assert (problem.file, problem.key) == (str(keys), "site_link_keys_dir")
+    assert f"missing in {inv}/elsewhere/bourg" in problem.message
+    edit(keys, site_link_keys_dir="keys")
+    [problem] = only(inventory.check(inv), "site-link")
+    assert problem.message == "keys is not an absolute path"
+    edit(keys, site_link_keys_dir="{{ lookup('env', 'KEYS') }}")
+    report = inventory.check_report(inv)
+    assert only(report.problems, "site-link") == []
+    assert any("site link keys not checked" in n for n in report.notices)
+
+
+def test_site_link_ends_must_be_an_archive_and_a_relay_of_the_inventory(
+    copy_of: Callable[[str], Path],
+) -> None:
+    inv = copy_of(TERRITORY)
+    set_links(inv, bourg(main="pacs.ght-exemple.com", peripheral="pacs-db.ght-exemple.fr"))
+    problems = only(inventory.check(inv), "site-link")
+    assert [(p.file, p.key, p.message) for p in problems] == [
+        (
+            str(links_file(inv)),
+            "site_links[0].main",
+            "host 'pacs.ght-exemple.com' is not in the inventory: did you mean "
+            "pacs.ght-exemple.fr?",
+        ),
+        (
+            str(links_file(inv)),
+            "site_links[0].peripheral",
+            "pacs-db.ght-exemple.fr, the peripheral end of link 'bourg', is not in group "
+            "pacs_relay: the peripheral end is the peripheral site's relay",
+        ),
+    ]
+    assert "add pacs-db.ght-exemple.fr to group pacs_relay in hosts.yml" in problems[1].fix
+    set_links(inv, bourg(main="pacs-db.ght-exemple.fr"))
+    [problem] = only(inventory.check(inv), "site-link")
+    assert problem.key == "site_links[0].main"
+    assert "is not in group pacs_archive: the main end is the main site's archive host" in (
+        problem.message
+    )
+
+
+def test_site_links_names_tunnels_and_ports(copy_of: Callable[[str], Path]) -> None:
+    inv = copy_of(TERRITORY)
+    set_links(
+        inv,
+        bourg(),
+        bourg(name="Dole"),
+        bourg(name="bourg", tunnel="10.200.2.0/30", port=51821),
+        bourg(name="vienne", tunnel="10.200.1.0/29", port=51822),
+        bourg(name="gex", tunnel="fd00:200::/64", port=51823),
+        bourg(name="nantua", tunnel="10.200.9.0/31", port=51824),
+    )
+    found = {(p.key, p.message) for p in only(inventory.check(inv), "site-link")}
+    assert found == {
+        (
+            "site_links[1].name",
+            "link name 'Dole' is not 1 to 12 of a-z, 0-9 and '-', starting with a letter",
+        ),
+        (
+            "site_links[1].tunnel",
+            "tunnel 10.200.1.0/30 overlaps 10.200.1.0/30, the tunnel of site_links[0]",
+        ),
+        ("site_links[1].port", f"UDP port 51820 on {MAIN} is also the port of site_links[0]"),
+        ("site_links[2].name", "link name 'bourg' is also site_links[0]"),
+        (
+            "site_links[3].tunnel",
+            "tunnel 10.200.1.0/29 overlaps 10.200.1.0/30, the tunnel of site_links[0]",
+        ),
+        (
+            "site_links[3].tunnel",
+            "tunnel 10.200.1.0/29 overlaps 10.200.1.0/30, the tunnel of site_links[1]",
+        ),
+        (
+            "site_links[4].tunnel",
+            "tunnel 'fd00:200::/64' is not an IPv4 network (the links carry IPv4)",
+        ),
+        (
+            "site_links[5].tunnel",
+            "tunnel '10.200.9.0/31' has prefix /31: it needs two host addresses (a prefix of /30 "
+            "or shorter)",
+        ),
+    }
+
+
+def test_a_tunnel_must_not_overlap_the_sites_networks(copy_of: Callable[[str], Path]) -> None:
+    inv = copy_of(TERRITORY)
+    set_links(
+        inv, bourg(tunnel="10.99.0.0/30"), bourg(name="dole", tunnel="10.10.250.4/30", port=51821)
+    )
+    problems = only(inventory.check(inv), "site-link")
+    assert [(p.key, p.message) for p in problems] == [
+        (
+            "site_links[0].tunnel",
+            "tunnel 10.99.0.0/30 overlaps 10.99.0.0/24, pacs_reading_networks[2] "
+            f"({inv}/group_vars/all/pacs.yml)",
+        ),
+        (
+            "site_links[1].tunnel",
+            "tunnel 10.10.250.4/30 overlaps 10.10.250.0/24, base_admin_networks[0] "
+            f"({inv}/group_vars/all/base.yml)",
+        ),
+    ]
+
+
+def test_a_relay_without_a_link_is_allowed(copy_of: Callable[[str], Path]) -> None:
+    """A relay on the main site's LAN needs no WireGuard link."""
+    inv = copy_of(TERRITORY)
+    hosts = inv / "hosts.yml"
+    data = yaml.safe_load(hosts.read_text())
+    relays = data["all"]["children"]["pacs_servers"]["children"]["pacs_relay"]["hosts"]
+    relays["pacs-relay-lan.ght-exemple.fr"] = None
+    hosts.write_text(yaml.safe_dump(data))
+    assert only(inventory.check(inv), "site-link") == []
+
+
+def test_a_relay_must_know_its_main_archive(copy_of: Callable[[str], Path]) -> None:
+    inv = copy_of(TERRITORY)
+    edit(links_file(inv), relay_main_archive="pacs-db.ght-exemple.fr")
+    [problem] = only(inventory.check(inv), "relay-main-archive")
+    assert problem == Problem(
+        str(links_file(inv)),
+        "relay_main_archive",
+        f"relay_main_archive 'pacs-db.ght-exemple.fr' is not a host of group pacs_archive ({MAIN}) "
+        f"(for {RELAY})",
+        "set relay_main_archive to the inventory name of the relay's main archive, a host of "
+        "group pacs_archive in hosts.yml",
+        "relay-main-archive",
+    )
+    # Unset: the only archive host is the main archive.
+    edit(links_file(inv), relay_main_archive=None)
+    assert only(inventory.check(inv), "relay-main-archive") == []
+    hosts = inv / "hosts.yml"
+    data = yaml.safe_load(hosts.read_text())
+    archives = data["all"]["children"]["pacs_servers"]["children"]["pacs_archive"]["hosts"]
+    archives["pacs2.ght-exemple.fr"] = None
+    hosts.write_text(yaml.safe_dump(data))
+    [problem] = only(inventory.check(inv), "relay-main-archive")
+    assert problem.file == f"{inv}/group_vars/pacs_relay/relay.yml"
+    assert problem.message == (
+        "relay_main_archive is not set and group pacs_archive has several hosts "
+        f"(pacs.ght-exemple.fr, pacs2.ght-exemple.fr): which one the relay forwards to is not "
+        f"declared (for {RELAY})"
+    )
+    assert problem.fix == f"set relay_main_archive to one of {MAIN}, pacs2.ght-exemple.fr"
+    data["all"]["children"]["pacs_servers"]["children"]["pacs_archive"]["hosts"] = {}
+    hosts.write_text(yaml.safe_dump(data))
+    messages = [p.message for p in only(inventory.check(inv), "relay-main-archive")]
+    assert messages == [
+        f"the relay has no main archive: group pacs_archive has no host (for {RELAY})"
+    ]

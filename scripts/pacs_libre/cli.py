@@ -20,6 +20,7 @@ from pacs_libre.errors import UserError
 from pacs_libre.inventory_cli import app as inventory_app
 from pacs_libre.lab_cli import app as lab_app
 from pacs_libre.report_cli import app as report_app
+from pacs_libre.site_link_cli import app as site_link_app
 from pacs_libre.size_cli import size_cmd
 
 app = typer.Typer(
@@ -36,6 +37,7 @@ app.command("size")(size_cmd)
 app.add_typer(dicom_app, name="dicom")
 app.add_typer(bench_app, name="bench")
 app.add_typer(report_app, name="report")
+app.add_typer(site_link_app, name="site-link")
 
 
 @app.callback(invoke_without_command=True)

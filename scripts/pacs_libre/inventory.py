@@ -90,7 +90,9 @@ def load_view(inventory: Path, facts: dict[str, Mapping[str, Any]] | None = None
         raise UserError(f"inventory '{inventory}' does not exist: pass a folder under inventories/")
     membership = read_membership(inventory)
     sources = read_sources(inventory)
-    return build_view(str(inventory), sources, membership, facts=facts)
+    view = build_view(str(inventory), sources, membership, facts=facts)
+    view.inventory_dir = inventory if inventory.is_dir() else inventory.parent
+    return view
 
 
 def load_facts(folder: Path, hosts: Iterable[str]) -> dict[str, Mapping[str, Any]]:

@@ -94,6 +94,7 @@ class ActionModule(ActionBase):
         )
         if task_vars.get("inventory_dir"):
             view.shown = _shown(str(task_vars["inventory_dir"]))
+            view.inventory_dir = Path(str(task_vars["inventory_dir"]))
         checked = report.check_view(view, known)
         notices = checked.notices if check_storage else []
 

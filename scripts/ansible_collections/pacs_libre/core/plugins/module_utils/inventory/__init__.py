@@ -2,7 +2,8 @@
 
 The modules, each with one job: ``registry`` (every variable an inventory may set),
 ``sources`` (reading the files, merging them per host), ``typecheck`` (a value against its
-argument spec), ``rules`` (one function per rule), ``report`` (running them all). Standard
+argument spec), ``rules`` and ``site_rules`` (one function per rule), ``report`` (running them
+all). Standard
 library and PyYAML only (which Ansible itself needs): they run in whichever Python runs
 Ansible, for the preflight role, and in pacsctl (``pacs_libre.inventory`` reads an inventory
 on disk with ``ansible-inventory``).
@@ -31,6 +32,14 @@ The rules, each reported with the file, the key and the fix, all together:
 * ``duplicate-port``: two ``*_port`` variables of one host, or two published lab ports;
 * ``storage``: the sized archive storage must fit the filesystem that holds the archive
   (needs the hosts' facts);
+* ``site-link`` (``site_rules``): the WireGuard links of ``site_links`` (roles/site_link): valid
+  and distinct names, IPv4 tunnels of prefix /30 or shorter that overlap neither each other nor
+  ``pacs_reading_networks`` / ``base_admin_networks``, distinct ports per main host, a main end in
+  ``pacs_archive`` and a peripheral end in ``pacs_relay``, and keys present beside the inventory
+  (only noted in an example or the lab, until deployed; skipped when ``site_link_keys_dir`` is a
+  template other than ``{{ inventory_dir }}``);
+* ``relay-main-archive`` (``site_rules``): each relay's ``relay_main_archive`` is a host of
+  ``pacs_archive``, or, unset, ``pacs_archive`` has exactly one host;
 * ``missing-secret``: the secrets each group of hosts needs are defined, not empty, and not
   the ``CHANGEME`` placeholder (allowed only in an inventory that says
   ``pacs_inventory_is_example: true``, and never when deploying).

@@ -194,7 +194,19 @@ PACS_VARIABLES: dict[str, Spec] = {
 # The lab's settings (see inventories/lab/group_vars/all/lab.yml and lab.py).
 LAB_VARIABLES: dict[str, Spec] = {
     "lab_name": {"type": "str", "description": "Prefix of every podman object of the lab."},
-    "lab_network": {"type": "str", "description": "podman network of the lab."},
+    "lab_network": {
+        "type": "str",
+        "description": "podman network of the lab (a host's own: a peripheral site's).",
+    },
+    "lab_devices": {
+        "type": "list",
+        "elements": "str",
+        "description": "Devices passed to a host (/dev/net/tun for wireguard-go).",
+    },
+    "lab_site": {
+        "type": "str",
+        "description": "The site a host belongs to, as `pacsctl lab status` shows it.",
+    },
     "lab_debian": {"type": "str", "choices": ["12", "13"], "description": "Debian release."},
     "lab_ports": {
         "type": "list",

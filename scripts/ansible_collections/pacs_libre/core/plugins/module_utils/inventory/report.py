@@ -16,6 +16,10 @@ from ansible_collections.pacs_libre.core.plugins.module_utils.inventory.rules im
     rule_storage,
     rule_variables,
 )
+from ansible_collections.pacs_libre.core.plugins.module_utils.inventory.site_rules import (
+    rule_relays,
+    rule_site_links,
+)
 from ansible_collections.pacs_libre.core.plugins.module_utils.inventory.sources import InventoryView
 
 
@@ -46,6 +50,7 @@ class Report:
 def check_view(view: InventoryView, known: Known) -> Report:
     """Run every rule on a view; all problems together, sorted by file and key."""
     storage, notices = rule_storage(view)
+    links, link_notices = rule_site_links(view)
     problems = [
         *view.sources.problems,
         *rule_variables(view, known),
@@ -53,11 +58,13 @@ def check_view(view: InventoryView, known: Known) -> Report:
         *rule_ports(view, known),
         *rule_secrets(view, known),
         *storage,
+        *links,
+        *rule_relays(view),
     ]
     return Report(
         inventory=view.shown,
         hosts=sorted(view.hosts),
         problems=sorted(set(problems), key=problem_order),
-        notices=notices,
+        notices=[*notices, *link_notices],
         example=view.is_example,
     )

@@ -235,6 +235,8 @@ class InventoryView:
     facts: dict[str, Mapping[str, Any]] | None = None
     #: True in the preflight role: the playbook is about to change hosts.
     deploying: bool = False
+    #: The inventory's folder (Ansible's ``inventory_dir``), for what lives beside it.
+    inventory_dir: Path | None = None
 
     @property
     def is_example(self) -> bool:
