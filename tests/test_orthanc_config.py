@@ -342,3 +342,44 @@ def test_the_stunnel_checker_refuses(tmp_path, text, message):
     result = _check_stunnel(tmp_path, text)
     assert result.returncode == 1
     assert message in result.stderr
+
+
+# --- Derived nodes (monitoring probe, relays, the relay's main archive). ------------------------
+
+
+def test_derived_nodes_come_after_the_inventorys():
+    derived = [
+        {"name": "relay-site-b", "kind": "peer", "aet": "RELAY_B", "host": "10.200.1.2"},
+        {"name": "monitoring-mon", "kind": "peer", "aet": "PACSMONITOR", "host": "10.0.0.9"},
+    ]
+    merged = config.orthanc_merge_nodes(NODES, derived)
+    assert [n["name"] for n in merged] == [
+        "ct",
+        "horos",
+        "site-b",
+        "relay-site-b",
+        "monitoring-mon",
+    ]
+
+
+def test_a_derived_node_the_inventory_lists_already_is_not_added_twice():
+    """Same AE title (as DICOM compares them: no case, no padding) or same name: the inventory's
+    node wins."""
+    derived = [
+        {"name": "relay-b", "aet": " pacs_b ", "host": "10.200.1.2"},  # site-b's AE title
+        {"name": "horos", "aet": "OTHER", "host": "10.0.0.3"},  # a name the inventory uses
+        {"name": "main-archive", "aet": "PACS_GHT", "host": "10.200.1.1", "port": 2762},
+        {"name": "main-archive-2", "aet": "PACS_GHT", "host": "10.200.1.1"},
+    ]
+    merged = config.orthanc_merge_nodes(NODES, derived)
+    assert [n["name"] for n in merged] == ["ct", "horos", "site-b", "main-archive"]
+    assert merged[2]["host"] == "10.9.0.1"
+    # Merged, the nodes still make one DicomModalities entry each.
+    assert len(config.orthanc_modalities(merged)) == 4
+
+
+def test_merging_copies_the_nodes():
+    derived = [{"name": "x", "aet": "X", "host": "10.0.0.7"}]
+    merged = config.orthanc_merge_nodes([], derived)
+    merged[0]["host"] = "changed"
+    assert derived[0]["host"] == "10.0.0.7"

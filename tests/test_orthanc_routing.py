@@ -148,6 +148,46 @@ def test_a_failure_waits_then_gives_up(queue: Any):
     assert queue.jobs()[0].last_error == "refused"
 
 
+@pytest.mark.parametrize("max_attempts", [0, -1])
+def test_max_attempts_zero_never_gives_up(queue: Any, max_attempts: int):
+    """The relay's setting: a job stays pending, however long the destination is down."""
+    queue.enqueue("s1", "r", "ws", now=0)
+    now = 0.0
+    for _ in range(50):
+        (job,) = queue.due(now=now)
+        job = queue.failed(job, "refused", now=now, max_attempts=max_attempts, base=15, cap=300)
+        assert job.state == "pending"
+        now = job.next_at
+    assert job.attempts == 50
+    assert queue.jobs()[0].state == "pending"
+    # The waits still grow, up to the cap.
+    assert routing.retry_delay(50, 15, 300) == 300
+
+
+def test_the_router_with_max_attempts_zero_sends_once_the_destination_is_back(queue: Any):
+    down = [True]
+    sent: list[str] = []
+
+    def send(dest: str, study: str) -> None:
+        if down[0]:
+            raise RuntimeError("association refused")
+        sent.append(study)
+
+    router = routing.Router(
+        [rule()], queue, send, max_attempts=0, retry_seconds=15, retry_max_seconds=300
+    )
+    router.on_stable_study(facts(), now=0)
+    now = 0.0
+    for _ in range(30):  # hours of failures
+        router.run_once(now=now)
+        now = queue.jobs()[0].next_at
+    assert queue.jobs()[0].state == "pending"
+    down[0] = False
+    router.run_once(now=now)
+    assert sent == ["s1"]
+    assert [j.state for j in queue.jobs()] == ["done"]
+
+
 # ----------------------------------------------------------------------------- router
 
 

@@ -1,8 +1,9 @@
 """Filters of the orthanc role: what the role derives from the inventory, in tested Python.
 
-The parts of orthanc.json (the nodes, the routing rules), the DICOM TLS tunnels (one list for
-orthanc.json and stunnel's configuration), the firewall's ports and the sandbox test. Plain
-functions, tested in tests/test_orthanc_config.py; vars/main.yml only calls them.
+The parts of orthanc.json (the nodes, with the derived ones merged into the inventory's; the
+routing rules), the DICOM TLS tunnels (one list for orthanc.json and stunnel's configuration),
+the firewall's ports and the sandbox test. Plain functions, tested in
+tests/test_orthanc_config.py; vars/main.yml only calls them.
 """
 
 from __future__ import annotations
@@ -74,6 +75,32 @@ def orthanc_modalities(
             "AllowStorageCommitment": False,
             "AllowTranscoding": True,
         }
+    return out
+
+
+def _aet_key(node: Mapping[str, Any]) -> str:
+    return str(node.get("aet", "")).strip().upper()
+
+
+def orthanc_merge_nodes(
+    declared: Sequence[Mapping[str, Any]], derived: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """The inventory's nodes (pacs_dicom_nodes), then the derived ones (the monitoring
+    probe, the relays, the relay's main archive) that it does not list already.
+
+    A derived node is left out when a node before it has its AE title (compared as DICOM
+    does, without case or padding) or its name: the inventory's own description of a
+    node wins, and no AE title is declared twice.
+    """
+    out = [dict(node) for node in declared]
+    aets = {_aet_key(node) for node in out}
+    names = {str(node.get("name")) for node in out}
+    for node in derived:
+        if _aet_key(node) in aets or str(node.get("name")) in names:
+            continue
+        out.append(dict(node))
+        aets.add(_aet_key(node))
+        names.add(str(node.get("name")))
     return out
 
 
@@ -183,6 +210,7 @@ class FilterModule:
         return {
             "orthanc_modalities": orthanc_modalities,
             "orthanc_routing_rules": orthanc_routing_rules,
+            "orthanc_merge_nodes": orthanc_merge_nodes,
             "orthanc_tls_tunnels": orthanc_tls_tunnels,
             "orthanc_node_addresses": orthanc_node_addresses,
             "orthanc_dns_nodes": orthanc_dns_nodes,

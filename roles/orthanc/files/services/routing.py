@@ -10,7 +10,9 @@ sends the due jobs with a C-STORE (an asynchronous Orthanc job from
 global lock for the whole transfer, and every incoming C-STORE waits for that
 lock in the integrity service), and on failure tries again later, waiting twice
 as long each time, up to ``RetryMaxSeconds``, until ``MaxAttempts``; then the job
-stays, marked failed.
+stays, marked failed. ``MaxAttempts`` 0 (or less) never gives up: the job stays
+pending and is tried again after each wait, however long the destination is down
+(a relay, whose every study must reach the main archive).
 
 The queue is a SQLite file in ``PacsLibre.StateDirectory``: a job written there
 survives a restart of Orthanc or of the server, and is sent when it is due.
@@ -189,9 +191,10 @@ class Queue:
     def failed(
         self, job: Job, error: str, now: float, *, max_attempts: int, base: float, cap: float
     ) -> Job:
-        """Record a failed attempt: due again after the backoff, or failed for good."""
+        """Record a failed attempt: due again after the backoff, or failed for good once
+        ``max_attempts`` are spent (never when ``max_attempts`` is 0 or less)."""
         attempts = job.attempts + 1
-        state = FAILED if attempts >= max_attempts else PENDING
+        state = FAILED if 0 < max_attempts <= attempts else PENDING
         next_at = now + retry_delay(attempts, base, cap)
         with self._lock, self._connect() as db:
             db.execute(
