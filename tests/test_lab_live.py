@@ -169,6 +169,8 @@ def test_status_json_lists_hosts_and_endpoints(test_lab):
         {
             "name": "node1",
             "container": "pacs-labtest-node1",
+            "site": "main",
+            "network": "pacs-labtest",
             "state": "running",
             "address": address,
             "ssh": f"ssh -F {inv / '.ssh/config'} pacs-labtest-node1",

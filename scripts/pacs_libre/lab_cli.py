@@ -13,6 +13,11 @@ from rich.console import Console
 from rich.status import Status
 from rich.table import Table
 
+from ansible_collections.pacs_libre.core.plugins.module_utils import site_link
+from ansible_collections.pacs_libre.core.plugins.module_utils.inventory.site_rules import (
+    site_link_settings,
+)
+from pacs_libre import inventory as inventory_checks
 from pacs_libre import lab
 from pacs_libre.cli_options import DEFAULT_INVENTORY, FORMAT_OPT, TableOrJson
 from pacs_libre.errors import UserError
@@ -116,8 +121,22 @@ def up_cmd(
             lab.start(the_lab, progress=spinner.update, report=_plain_line)
     except lab.LabStepError as exc:
         raise UserError(f"{exc} — {_retry_hint('starting the lab', retry)}") from exc
+    _site_link_keys(inv)
     if converge:
         _converge(inv, _inventory(playbook), retry)
+
+
+def _site_link_keys(inventory: Path) -> None:
+    """The keys of the lab's site links, made once beside the inventory (roles/site_link)."""
+    view = inventory_checks.load_view(inventory)
+    for settings in site_link_settings(view):
+        if not isinstance(settings.links, list) or settings.keys_dir is None:
+            continue
+        names = [str(link["name"]) for link in settings.links if isinstance(link, dict)]
+        made = site_link.ensure_keys(settings.keys_dir.absolute(), names)
+        for key, was_made in made:
+            if was_made:
+                _plain_line(f"site link: made {key}")
 
 
 def _plain_line(line: str) -> None:
