@@ -1,9 +1,10 @@
-"""``pacsctl bench``: ingest, converge, view, search, retrieve, restore; each beside its baseline.
+"""``pacsctl bench``: ingest, converge, view, search, retrieve, restore, forward; each beside its
+baseline.
 
-Why one module of about 650 lines: every bench command is a thin Typer front (options,
+Why one module of about 720 lines: every bench command is a thin Typer front (options,
 a progress bar, a table) over its own module (bench, bench_converge, bench_view,
-bench_search, bench_retrieve, bench_restore), and the project keeps one CLI module per
-command group.
+bench_search, bench_retrieve, bench_restore, bench_forward), and the project keeps one
+CLI module per command group.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from rich.table import Table
 from pacs_libre import (
     bench,
     bench_converge,
+    bench_forward,
     bench_restore,
     bench_retrieve,
     bench_search,
@@ -595,6 +597,59 @@ def retrieve_cmd(
     for column in ("method", "median s", "images/s", "MB/s", "of raw dcmtk", "runs (s)"):
         table.add_column(column, justify="left" if column == "method" else "right")
     for row in data["pulls"]:
+        table.add_row(
+            row["method"], f"{row['median_s']:.2f}", f"{row['images_per_s']:.0f}",
+            f"{row['mb_per_s']:.0f}",
+            "-" if row["of_raw"] is None else f"{100 * row['of_raw']:.0f} %",
+            " ".join(f"{s:.2f}" for s in row["seconds"]),
+        )  # fmt: skip
+    out.print(table)
+
+
+@app.command("forward")
+def forward_cmd(
+    *,
+    relay: str = typer.Option(
+        "pacs-lab-relay1",
+        "--relay",
+        help="The peripheral site's relay, as its ssh config names it.",
+    ),
+    main: str = typer.Option(
+        "pacs-lab-pacs1", "--main", help="The main archive's host, as its ssh config names it."
+    ),
+    ssh_config: Path | None = typer.Option(
+        None, "--ssh-config", help="ssh config that reaches both (default: the lab's)."
+    ),
+    inventory: Path = INVENTORY_OPT,
+    images: int = typer.Option(300, "--images", min=10, max=2000, help="CT images (512x512)."),
+    rounds: int = typer.Option(2, "--rounds", min=1, max=10, help="Rounds of both, in turn."),
+    fmt: TableOrJson = FORMAT_OPT,
+) -> None:
+    """The relay's forwarding over the site link, against raw dcmtk storescu over the same link."""
+    config = ssh_config or inventory.resolve() / ".ssh" / "config"
+    remote = bench_forward.Remote(config)
+    where = bench_forward.find_link(remote, relay, main)
+    with console.status(f"[bold]{relay} -> {main} through {where.link}[/]") as spinner:
+        transfers = bench_forward.measure(
+            remote, where, images=images, rounds=rounds, progress=spinner.update
+        )
+    raw = transfers[0]
+    data: dict[str, Any] = {
+        "command": "pacsctl " + " ".join(sys.argv[1:]) if sys.argv else "",
+        "link": {"interface": where.link, "relay": where.relay_end, "main": where.main_end},
+        "study": {"images": raw.images, "bytes": raw.bytes},
+        "transfers": [t.as_dict(raw) for t in transfers],
+    }
+    if fmt == "json":
+        typer.echo(json.dumps(data, indent=2))
+        return
+    table = Table(
+        title=f"{raw.images}-image CT ({raw.bytes / 1e6:.0f} MB) from {relay} to {main} through "
+        f"{where.link}, median of {rounds} round(s)"
+    )
+    for column in ("method", "median s", "images/s", "MB/s", "of raw dcmtk", "runs (s)"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for row in data["transfers"]:
         table.add_row(
             row["method"], f"{row['median_s']:.2f}", f"{row['images_per_s']:.0f}",
             f"{row['mb_per_s']:.0f}",
