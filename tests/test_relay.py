@@ -117,13 +117,22 @@ class FakeOrthanc:
         return {"ID": qid, "Path": f"/queries/{qid}"}
 
     def delete(self, uri: str) -> Any:
+        """DELETE /instances/i-<sop>: the image goes; the study goes with its last image."""
         self._check(uri)
         if uri.startswith("/queries/"):
             return {}
-        study = uri.split("/")[2]
-        del self.studies[study]
-        self.deleted.append(study)
+        assert uri.startswith("/instances/i-"), uri
+        sop = uri.removeprefix("/instances/i-")
+        study = next(s for s, data in self.studies.items() if sop in data["sops"])
+        self.studies[study]["sops"].remove(sop)
+        self.on_delete(study)
+        if not self.studies[study]["sops"]:
+            del self.studies[study]
+            self.deleted.append(study)
         return {}
+
+    def on_delete(self, study: str) -> None:
+        """What happens while a purge deletes the images (nothing, unless a test says)."""
 
 
 @pytest.fixture
@@ -300,6 +309,28 @@ def test_new_images_just_before_the_purge_keep_the_study(setup: Any):
     assert report.purged_now == []
     assert fake.deleted == []
     assert any("got new images; kept until they are confirmed" in m for m in setup.logs)
+
+
+def test_an_image_that_arrives_while_the_purge_deletes_stays_with_its_study(setup: Any):
+    """The purge deletes the images it counted and found confirmed, one by one: an image
+    stored between that count and the deletes is not among them, and keeps its study."""
+    setup.orthanc.add("s1", ["a", "b"], last=T0)
+    setup.sent("s1", T0 + 60)
+    setup.orthanc.archive("s1")
+
+    def arrives(study: str) -> None:
+        if "late" not in setup.orthanc.studies[study]["sops"]:
+            setup.orthanc.studies[study]["sops"].append("late")
+
+    setup.orthanc.on_delete = arrives
+    report = setup.relay(keep_days=0).run(T0 + 70)
+    assert report.purged_now == [("1.2.s1", 2)]
+    assert setup.orthanc.studies["s1"]["sops"] == ["late"]
+    assert setup.orthanc.deleted == []
+    assert [c for c in setup.orthanc.calls if c.startswith("/instances/")] == [
+        "/instances/i-a",
+        "/instances/i-b",
+    ]
 
 
 def test_a_study_that_comes_back_after_its_purge_is_handled_again(setup: Any):

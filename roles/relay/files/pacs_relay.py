@@ -17,6 +17,7 @@ archive really holds every image before the relay lets a study go:
 - **Purge.** A study whose every image is confirmed, and whose last image came more
   than ``keep_days`` ago (0: at once), is deleted from the relay; its images are
   counted again just before (new images may have come), and it must be stable.
+  The images counted are deleted one by one: one that arrives meanwhile stays.
   Every purge is logged with the study's UID and its number of images.
 - **Metrics.** node_exporter's textfile ``pacs_relay.prom``: the backlog (studies
   and images not confirmed yet, the age of the oldest), routing's failed
@@ -371,6 +372,8 @@ class LocalStudy:
     last_update: float
     stable: bool
     sops: frozenset[str] = field(default_factory=frozenset)
+    #: SOPInstanceUID -> Orthanc's ID of the instance: what a purge deletes, one by one.
+    instances: Mapping[str, str] = field(default_factory=dict)
 
 
 def orthanc_time(text: str) -> float:
@@ -388,18 +391,18 @@ def local_study(rest: Rest, study: str) -> LocalStudy:
     (Debian 12) as in 1.12 (Debian 13). Raises NotFound when the study is gone.
     """
     info = rest.get(f"/studies/{study}")
-    instances = rest.get(f"/studies/{study}/instances")
-    sops = frozenset(
-        str(item.get("MainDicomTags", {}).get("SOPInstanceUID", ""))
-        for item in instances or []
+    instances = {
+        str(item["MainDicomTags"]["SOPInstanceUID"]): str(item.get("ID", ""))
+        for item in rest.get(f"/studies/{study}/instances") or []
         if item.get("MainDicomTags", {}).get("SOPInstanceUID")
-    )
+    }
     return LocalStudy(
         id=study,
         uid=str(info.get("MainDicomTags", {}).get("StudyInstanceUID", "")),
         last_update=orthanc_time(info.get("LastUpdate", "")),
         stable=bool(info.get("IsStable", True)),
-        sops=sops,
+        sops=frozenset(instances),
+        instances=instances,
     )
 
 
@@ -644,7 +647,11 @@ class Relay:
     def _purge(self, study: str, first: LocalStudy, now: float, report: Report) -> None:
         """Delete a confirmed study, after counting its images again (some may have come)
         and asking the main archive once more that it holds every one (a person may have
-        deleted some there since they were confirmed)."""
+        deleted some there since they were confirmed).
+
+        The images are deleted one by one, those counted and confirmed only (Orthanc drops
+        the study with its last image): an image that arrives meanwhile stays, with its
+        study, until it is confirmed in turn."""
         try:
             again = local_study(self.rest, study)
             job = self.queue.jobs().get(study)
@@ -658,9 +665,10 @@ class Relay:
             if lost:
                 self._lost(study, again, lost, now, report)
                 return
-            self.rest.delete(f"/studies/{study}")
+            for sop in sorted(again.sops):
+                self.rest.delete(f"/instances/{again.instances[sop]}")
         except Exception as exc:
-            self.log(f"pacs-relay: study {first.uid} not purged: {exc}")
+            self.log(f"pacs-relay: study {first.uid} not purged (or not whole): {exc}")
             return
         self.ledger.set_state(study, PURGED, now, instances=len(again.sops))
         self.ledger.forget(study)  # a study sent again is asked about whole: no need to keep them
