@@ -26,6 +26,7 @@ import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
 from pacs_testlib import address_of, host_spec, lab_host, run_check_mode, sign_in
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from playwright.sync_api import sync_playwright
 
 from pacs_libre.dicom.synth import StudyManifest, make_study
@@ -362,9 +363,12 @@ def test_ohif_opens_the_study_under_the_csp_in_chromium(
 ) -> None:
     violations: list[str] = []
     frames: dict[str, int] = {}
-    shots = (
-        Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", tempfile.gettempdir())) / "screenshots"
-    )
+    # What the page said and what it could not fetch: the failure's message, if it fails.
+    console: list[str] = []
+    failed: list[str] = []
+    # Kept after the scenario's hosts and ephemeral folder are gone.
+    root = Path(os.environ.get("PACS_LIBRE_ROOT", tempfile.gettempdir()))
+    shots = root / ".cache" / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
     isolated = False
     with sync_playwright() as p:
@@ -398,13 +402,22 @@ def test_ohif_opens_the_study_under_the_csp_in_chromium(
                 "response",
                 lambda r: frames.__setitem__(r.url, r.status) if "/frames/" in r.url else None,
             )
+            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"[:300]))
+            page.on("requestfailed", lambda r: failed.append(f"{r.url} {r.failure}"[:300]))
             try:
                 page.goto(
                     f"{gateway.url}/viewer?StudyInstanceUIDs={study.study_instance_uid}",
                     wait_until="load",
                 )
                 # Patient waits, not timed assertions: the machine is shared.
-                page.wait_for_selector("canvas", timeout=300_000)
+                try:
+                    page.wait_for_selector("canvas", timeout=300_000)
+                except PlaywrightTimeoutError:
+                    raise AssertionError(
+                        f"OHIF drew no image in 300 s at {page.url}: frames {frames};"
+                        f" failed requests {failed[-10:]}; console {console[-15:]};"
+                        f" page text {page.inner_text('body')[:400]!r}"
+                    ) from None
                 # OHIF loads the whole displayed series, one frame request a slice.
                 for _ in range(300):
                     if len(frames) >= len(study.instances):
