@@ -120,6 +120,17 @@ class RoutingJob:
     updated: float
 
 
+@contextlib.contextmanager
+def _connect(path: str) -> Iterator[sqlite3.Connection]:
+    """One transaction on a SQLite file (committed, or rolled back on an error), then closed."""
+    db = sqlite3.connect(path, timeout=30)
+    try:
+        with db:
+            yield db
+    finally:
+        db.close()
+
+
 class RoutingQueue:
     """The relay's side of routing.sqlite: read the jobs to one destination, and give a
     study back to routing. The file is routing's (Orthanc creates it at its start)."""
@@ -128,20 +139,11 @@ class RoutingQueue:
         self.path = path
         self.destination = destination
 
-    @contextlib.contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30)
-        try:
-            with db:
-                yield db
-        finally:
-            db.close()
-
     def jobs(self) -> dict[str, RoutingJob]:
         """Each study's job to the destination; none before Orthanc made the file."""
         if not os.path.exists(self.path):
             return {}
-        with self._db() as db:
+        with _connect(self.path) as db:
             rows = db.execute(
                 "SELECT study, state, attempts, next_at, last_error, created, updated FROM jobs"
                 " WHERE destination = ? ORDER BY created, id",
@@ -158,7 +160,7 @@ class RoutingQueue:
 
     def send_again(self, study: str, now: float, reason: str) -> int:
         """Routing's job for the study pending again, due now, its attempts counted from 0."""
-        with self._db() as db:
+        with _connect(self.path) as db:
             return db.execute(
                 "UPDATE jobs SET state = ?, attempts = 0, next_at = ?, last_error = ?, updated = ?"
                 " WHERE study = ? AND destination = ?",
@@ -199,22 +201,13 @@ class Ledger:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        with self._db() as db:
+        with _connect(self.path) as db:
             db.execute("PRAGMA journal_mode=WAL")
             for statement in self.SCHEMA:
                 db.execute(statement)
 
-    @contextlib.contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30)
-        try:
-            with db:
-                yield db
-        finally:
-            db.close()
-
     def record(self, study: str) -> StudyRecord | None:
-        with self._db() as db:
+        with _connect(self.path) as db:
             row = db.execute(
                 "SELECT study, uid, state, since, at, instances, last_update FROM studies"
                 " WHERE study = ?",
@@ -223,7 +216,7 @@ class Ledger:
         return None if row is None else StudyRecord(*row)
 
     def records(self) -> dict[str, StudyRecord]:
-        with self._db() as db:
+        with _connect(self.path) as db:
             rows = db.execute(
                 "SELECT study, uid, state, since, at, instances, last_update FROM studies"
             ).fetchall()
@@ -241,7 +234,7 @@ class Ledger:
         last_update: float | None = None,
     ) -> None:
         """The study's new state; what is not given (``since``: when it began to wait) is kept."""
-        with self._db() as db:
+        with _connect(self.path) as db:
             db.execute(
                 "INSERT INTO studies (study, uid, state, since, at, instances, last_update)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (study) DO UPDATE SET"
@@ -265,13 +258,13 @@ class Ledger:
             )
 
     def confirmed(self, study: str) -> set[str]:
-        with self._db() as db:
+        with _connect(self.path) as db:
             rows = db.execute("SELECT sop FROM confirmed WHERE study = ?", (study,)).fetchall()
         return {row[0] for row in rows}
 
     def forget(self, study: str, sops: Iterable[str] | None = None) -> None:
         """Drop what was confirmed of the study (all of it, or these images)."""
-        with self._db() as db:
+        with _connect(self.path) as db:
             if sops is None:
                 db.execute("DELETE FROM confirmed WHERE study = ?", (study,))
             else:
@@ -281,14 +274,14 @@ class Ledger:
                 )
 
     def confirm(self, study: str, sops: Iterable[str], now: float) -> None:
-        with self._db() as db:
+        with _connect(self.path) as db:
             db.executemany(
                 "INSERT OR IGNORE INTO confirmed (study, sop, at) VALUES (?, ?, ?)",
                 [(study, sop, now) for sop in sops],
             )
 
     def add(self, counter: str, amount: int = 1) -> None:
-        with self._db() as db:
+        with _connect(self.path) as db:
             db.execute(
                 "INSERT INTO counters (name, value) VALUES (?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
@@ -296,19 +289,19 @@ class Ledger:
             )
 
     def counter(self, name: str) -> int:
-        with self._db() as db:
+        with _connect(self.path) as db:
             row = db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
         return 0 if row is None else int(row[0])
 
     def note_run(self, now: float, orthanc_up: bool, main_up: bool) -> None:
-        with self._db() as db:
+        with _connect(self.path) as db:
             db.execute(
                 "INSERT OR REPLACE INTO runs (id, at, orthanc_up, main_up) VALUES (1, ?, ?, ?)",
                 (now, int(orthanc_up), int(main_up)),
             )
 
     def last_run(self) -> tuple[float, bool, bool] | None:
-        with self._db() as db:
+        with _connect(self.path) as db:
             row = db.execute("SELECT at, orthanc_up, main_up FROM runs WHERE id = 1").fetchone()
         return None if row is None else (float(row[0]), bool(row[1]), bool(row[2]))
 
