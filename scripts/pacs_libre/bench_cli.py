@@ -590,13 +590,19 @@ def retrieve_cmd(
     if fmt == "json":
         typer.echo(json.dumps(data, indent=2))
         return
-    table = Table(
-        title=f"{raw.images}-image CT ({raw.bytes / 1e6:.0f} MB) to this machine, "
-        f"median of {runs} run(s), workstation with TCP_NODELAY"
+    _print_against_raw(
+        f"{raw.images}-image CT ({raw.bytes / 1e6:.0f} MB) to this machine, "
+        f"median of {runs} run(s), workstation with TCP_NODELAY",
+        data["pulls"],
     )
+
+
+def _print_against_raw(title: str, rows: list[dict[str, Any]]) -> None:
+    """A table of methods against raw dcmtk (bench_retrieve.Pull.as_dict rows)."""
+    table = Table(title=title)
     for column in ("method", "median s", "images/s", "MB/s", "of raw dcmtk", "runs (s)"):
         table.add_column(column, justify="left" if column == "method" else "right")
-    for row in data["pulls"]:
+    for row in rows:
         table.add_row(
             row["method"], f"{row['median_s']:.2f}", f"{row['images_per_s']:.0f}",
             f"{row['mb_per_s']:.0f}",
@@ -643,20 +649,11 @@ def forward_cmd(
     if fmt == "json":
         typer.echo(json.dumps(data, indent=2))
         return
-    table = Table(
-        title=f"{raw.images}-image CT ({raw.bytes / 1e6:.0f} MB) from {relay} to {main} through "
-        f"{where.link}, median of {rounds} round(s)"
+    _print_against_raw(
+        f"{raw.images}-image CT ({raw.bytes / 1e6:.0f} MB) from {relay} to {main} through "
+        f"{where.link}, median of {rounds} round(s)",
+        data["transfers"],
     )
-    for column in ("method", "median s", "images/s", "MB/s", "of raw dcmtk", "runs (s)"):
-        table.add_column(column, justify="left" if column == "method" else "right")
-    for row in data["transfers"]:
-        table.add_row(
-            row["method"], f"{row['median_s']:.2f}", f"{row['images_per_s']:.0f}",
-            f"{row['mb_per_s']:.0f}",
-            "-" if row["of_raw"] is None else f"{100 * row['of_raw']:.0f} %",
-            " ".join(f"{s:.2f}" for s in row["seconds"]),
-        )  # fmt: skip
-    out.print(table)
 
 
 @app.command("clean")

@@ -24,16 +24,15 @@ from __future__ import annotations
 
 import json
 import shlex
-import statistics
 import subprocess
 import tarfile
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from pacs_libre.bench_retrieve import Pull
 from pacs_libre.dicom.synth import StudyManifest, make_study
 from pacs_libre.errors import UserError
 
@@ -116,40 +115,8 @@ DCMTK = (
 )
 
 
-@dataclass
-class Transfer:
-    """One method's runs: seconds, and what each carried."""
-
-    method: str
-    images: int
-    bytes: int
-    seconds: list[float] = field(default_factory=list)
-
-    @property
-    def median_s(self) -> float:
-        return statistics.median(self.seconds) if self.seconds else 0.0
-
-    @property
-    def images_per_s(self) -> float:
-        return self.images / self.median_s if self.median_s else 0.0
-
-    @property
-    def mb_per_s(self) -> float:
-        return self.bytes / 1e6 / self.median_s if self.median_s else 0.0
-
-    def as_dict(self, raw: Transfer | None = None) -> dict[str, Any]:
-        return {
-            "method": self.method,
-            "images": self.images,
-            "bytes": self.bytes,
-            "seconds": [round(s, 3) for s in self.seconds],
-            "median_s": round(self.median_s, 3),
-            "images_per_s": round(self.images_per_s, 1),
-            "mb_per_s": round(self.mb_per_s, 1),
-            "of_raw": round(self.images_per_s / raw.images_per_s, 3)
-            if raw and raw.images_per_s
-            else None,
-        }
+#: One method's runs, and what each carried: the record ``pacsctl bench retrieve`` keeps.
+Transfer = Pull
 
 
 @dataclass(frozen=True)
