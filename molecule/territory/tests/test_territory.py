@@ -54,44 +54,30 @@ CUT_AT = 40  # images at the archive when the link is cut
 
 testinfra_hosts = [host_spec(MAIN)]
 
-# On a host: the instances of one study its Orthanc holds, SOPInstanceUID -> MD5 of the
-# pixel data it serves (its frames, raw, one after the other: the value of a native
-# PixelData element).
-STUDY_PIXELS = r"""
-import base64, hashlib, json, sys, urllib.request, urllib.error
-user, password, study_uid = sys.argv[1], sys.argv[2], sys.argv[3]
+# On a host, through its Orthanc's REST API: for one study, ``count`` prints how many
+# instances it holds (0: none), ``pixels`` SOPInstanceUID -> MD5 of the pixel data it
+# serves (its frames, raw, one after the other: the value of a native PixelData element).
+STUDY = r"""
+import base64, hashlib, json, sys, urllib.request
+user, password, study_uid, what = sys.argv[1:5]
 auth = base64.b64encode(f"{user}:{password}".encode()).decode()
 def call(path, body=None):
     req = urllib.request.Request("http://127.0.0.1:8042" + path, data=body,
                                  headers={"Authorization": "Basic " + auth})
     with urllib.request.urlopen(req, timeout=60) as r:
         return r.read()
-found = json.loads(call("/tools/lookup", study_uid.encode()))
-out = {}
-for entry in found:
-    if entry["Type"] != "Study":
-        continue
-    for item in json.loads(call("/studies/" + entry["ID"] + "/instances")):
-        uid = item["MainDicomTags"]["SOPInstanceUID"]
+found = [e for e in json.loads(call("/tools/lookup", study_uid.encode())) if e["Type"] == "Study"]
+instances = json.loads(call("/studies/" + found[0]["ID"] + "/instances")) if found else []
+if what == "count":
+    print(len(instances))
+else:
+    out = {}
+    for item in instances:
         digest = hashlib.md5()
         for frame in json.loads(call("/instances/" + item["ID"] + "/frames")):
             digest.update(call("/instances/" + item["ID"] + "/frames/" + str(frame) + "/raw"))
-        out[uid] = digest.hexdigest()
-print(json.dumps(out))
-"""
-
-# On a host: how many instances of one study its Orthanc holds (0: none).
-STUDY_COUNT = r"""
-import base64, json, sys, urllib.request
-user, password, study_uid = sys.argv[1], sys.argv[2], sys.argv[3]
-auth = base64.b64encode(f"{user}:{password}".encode()).decode()
-def call(path, body=None):
-    req = urllib.request.Request("http://127.0.0.1:8042" + path, data=body,
-                                 headers={"Authorization": "Basic " + auth})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read())
-found = [e for e in call("/tools/lookup", study_uid.encode()) if e["Type"] == "Study"]
-print(len(call("/studies/" + found[0]["ID"] + "/instances")) if found else 0)
+        out[item["MainDicomTags"]["SOPInstanceUID"]] = digest.hexdigest()
+    print(json.dumps(out))
 """
 
 # The relay's nftables table of this test: the link's packets to the main end,
@@ -151,19 +137,20 @@ class Territory:
     def host(self, name: str) -> testinfra.host.Host:
         return self.main if name == MAIN else self.relay
 
-    def count(self, name: str, study: str) -> int:
+    def study(self, name: str, study: str, what: str) -> str:
+        """STUDY's answer on host ``name`` (``count`` or ``pixels``); raises if it fails."""
         user, password = self.credentials[name]
-        out = self.host(name).check_output(
-            f"python3 -c {quote(STUDY_COUNT)} {quote(user)} {quote(password)} {quote(study)}"
+        return str(
+            self.host(name).check_output(
+                f"python3 -c {quote(STUDY)} {quote(user)} {quote(password)} {quote(study)} {what}"
+            )
         )
-        return int(out.strip())
+
+    def count(self, name: str, study: str) -> int:
+        return int(self.study(name, study, "count").strip())
 
     def pixels(self, name: str, study: str) -> dict[str, str]:
-        user, password = self.credentials[name]
-        out = self.host(name).check_output(
-            f"python3 -c {quote(STUDY_PIXELS)} {quote(user)} {quote(password)} {quote(study)}"
-        )
-        return dict(json.loads(out))
+        return dict(json.loads(self.study(name, study, "pixels")))
 
     def send_to_relay(self, study: StudyManifest) -> None:
         result = subprocess.run(
@@ -234,8 +221,8 @@ def forwarded(territory: Territory, study: StudyManifest) -> Iterator[dict[str, 
             "the relay's Orthanc answering after its restart",
             lambda: (
                 territory.relay.run(
-                    f"python3 -c {quote(STUDY_COUNT)} "
-                    + " ".join(quote(x) for x in (*territory.credentials[RELAY], uid))
+                    f"python3 -c {quote(STUDY)} "
+                    + " ".join(quote(x) for x in (*territory.credentials[RELAY], uid, "count"))
                 ).rc
                 == 0
             ),
