@@ -189,6 +189,42 @@ PACS_VARIABLES: dict[str, Spec] = {
         "required_in_groups": ["pacs_backup"],
         "description": "Key that encrypts the backups (pgBackRest and restic repositories).",
     },
+    # Who may see what (docs/sso.md, docs/directory.md): read by roles/openldap, roles/sso,
+    # roles/web_gateway and roles/ohif_viewer.
+    "pacs_sso_enabled": {
+        "type": "bool",
+        "default": False,
+        "description": "Sign people in through the single sign-on (LemonLDAP::NG, roles/sso).",
+    },
+    "pacs_internal_networks": {
+        "type": "list",
+        "elements": "str",
+        "default": [],
+        "description": "The hospital's own networks (CIDR); from elsewhere, signing in needs TOTP.",
+    },
+    "pacs_directory_provider": {
+        "type": "str",
+        "choices": ["builtin", "external"],
+        "default": "builtin",
+        "description": "builtin: roles/openldap on pacs_directory; external: the AD or LDAP.",
+    },
+    "pacs_directory_base_dn": {"type": "str", "description": "The directory's base DN."},
+    "pacs_directory_url": {
+        "type": "str",
+        "description": "The hospital's directory, ldaps://host[:port] or ldap+tls://host.",
+    },
+    "pacs_directory_users_dn": {"type": "str", "description": "Where the people are."},
+    "pacs_directory_groups_dn": {"type": "str", "description": "Where the groups are."},
+    "pacs_directory_bind_dn": {"type": "str", "description": "The SSO's directory account."},
+    "pacs_directory_bind_password": {
+        "type": "str",
+        "no_log": True,
+        "description": "Its password (from the vault).",
+    },
+    "pacs_directory_user_attribute": {
+        "type": "str",
+        "description": "The sign-in name's attribute: uid, or sAMAccountName (Active Directory).",
+    },
 }
 
 # The lab's settings (see inventories/lab/group_vars/all/lab.yml and lab.py).

@@ -1,0 +1,6 @@
+"""Put the shared Molecule test helpers on the path."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[5] / "molecule" / "shared"))
