@@ -13,6 +13,7 @@ import typer
 from typer._click import exceptions as click_exc
 
 from pacs_libre import __version__
+from pacs_libre.audit_cli import audit_cmd
 from pacs_libre.bench_cli import app as bench_app
 from pacs_libre.dicom_cli import app as dicom_app
 from pacs_libre.docs_cli import app as docs_app
@@ -38,6 +39,7 @@ app.add_typer(dicom_app, name="dicom")
 app.add_typer(bench_app, name="bench")
 app.add_typer(report_app, name="report")
 app.add_typer(site_link_app, name="site-link")
+app.command("audit")(audit_cmd)
 
 
 @app.callback(invoke_without_command=True)

@@ -19,6 +19,10 @@ host's network namespace, as a local process would:
   token is refused for the other study, and a token minted already expired by
   ``pacs-web mint-token`` is refused;
 - an unknown study and a malformed request get a bilingual page and a 4xx;
+- a share link made on the host (``pacs-web shares create``) opens at /s/<id>
+  to OHIF with a token that Orthanc's DICOMweb answers for its study only,
+  and that is refused at the next request once the link is revoked; the same
+  through nginx once the gateway routes /s/ to pacs-web;
 - the service runs as its own user, sandboxed, on 127.0.0.1 only;
 - check mode tells the truth: nothing to change on the converged hosts, and a
   changed password is reported as a change without being written.
@@ -40,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from pacs_testlib import (
     RECAP,
     ExecTunnel,
@@ -400,6 +405,97 @@ def test_an_expired_token_is_refused(web: Web) -> None:
         web.auth(f"/dicom-web/studies/{uid}/series", Authorization=f"Bearer {fresh.strip()}").status
         == 204
     )
+
+
+# ----------------------------------------------------------------------------- share links
+
+
+def make_share(web: Web, uid: str, *extra: str) -> dict[str, Any]:
+    """A share link made on the host's command line, as an operator would."""
+    out = web.host.check_output(
+        f"pacs-web shares create --study {uid} --name 'Dr Mol' --email mol@cabinet.example"
+        f" --days 1 --json {' '.join(extra)}"
+    )
+    made = json.loads(out)
+    assert made["state"] == "active" and made["patient"] == web.a.patient_id
+    return made
+
+
+def test_a_share_link_opens_its_study_only_until_it_is_revoked(web: Web) -> None:
+    uid = web.a.study_instance_uid
+    made = make_share(web, uid)
+    # The store belongs to the service although root made it.
+    store = web.host.file("/var/lib/pacs-libre/pacs-web/shares.sqlite")
+    assert (store.user, store.group) == ("pacs-web", "pacs-web")
+    opened = call(web.service, f"/s/{made['id']}", {"X-Real-IP": "192.0.2.8"})
+    assert opened.status == 303, opened.text
+    location = opened.header("Location")
+    assert location.startswith(f"/viewer?StudyInstanceUIDs={uid}&token=v1.")
+    bearer = "Bearer " + urllib.parse.parse_qs(urllib.parse.urlsplit(location).query)["token"][0]
+    series = orthanc_through_the_gateway(
+        web, f"/dicom-web/studies/{uid}/series", bearer, "application/dicom+json"
+    )
+    assert series.status == 200 and json.loads(series.body)
+    other = web.b.study_instance_uid
+    assert (
+        orthanc_through_the_gateway(
+            web, f"/dicom-web/studies/{other}/series", bearer, "application/dicom+json"
+        ).status
+        == 403
+    )
+    revoked = json.loads(web.host.check_output(f"pacs-web shares revoke {made['ref']}"))
+    assert revoked["changed"] is True
+    after = web.auth(f"/dicom-web/studies/{uid}/series", Authorization=bearer)
+    assert after.status == 401
+    gone = call(web.service, f"/s/{made['id']}")
+    assert gone.status == 410 and "Link no longer valid" in gone.text
+    lines = [x for x in web.audit() if x.get("share") == made["ref"]]
+    steps = [(x["event"], x["outcome"]) for x in lines]
+    for step in (
+        ("share", "created"),
+        ("share-open", "ok"),
+        ("access", "allowed"),
+        ("access", "refused"),
+        ("share", "revoked"),
+        ("share-open", "refused"),
+    ):
+        assert step in steps, steps
+    # The patient is on every line about the link's study (not on the other study's refusal).
+    assert all(x["patient"] == [web.a.patient_id] for x in lines if x["studies"] == [uid])
+    listed = json.loads(web.host.check_output("pacs-web shares list --json"))
+    mine = next(x for x in listed if x["ref"] == made["ref"])
+    assert (mine["state"], mine["opens"]) == ("revoked", 1) and mine["uses"] >= 1
+    found = json.loads(web.host.check_output(f"pacs-web audit --patient {web.a.patient_id} --json"))
+    assert "mol@cabinet.example" in {x["user"] for x in found}
+
+
+def test_a_share_link_works_through_nginx(web: Web, tmp_path: Path) -> None:
+    uid = web.a.study_instance_uid
+    made = make_share(web, uid)
+    ca = tmp_path / "ca.crt"
+    ca.write_text(web.host.check_output("cat /etc/pacs-libre/pki/ca.crt") + "\n")
+    base = f"https://{address_of(web.host)}"
+
+    def get(path: str, **kwargs: Any) -> requests.Response:
+        return requests.get(
+            base + path, verify=str(ca), timeout=60, allow_redirects=False, **kwargs
+        )
+
+    opened = get(f"/s/{made['id']}")
+    assert opened.status_code == 303, opened.text[:500]
+    location = opened.headers["Location"]
+    token = urllib.parse.parse_qs(urllib.parse.urlsplit(location).query)["token"][0]
+    bearer = {"Authorization": f"Bearer {token}", "Accept": "application/dicom+json"}
+    series = get(f"/dicom-web/studies/{uid}/series", headers=bearer)
+    assert series.status_code == 200 and series.json()
+    other = web.b.study_instance_uid
+    assert get(f"/dicom-web/studies/{other}/series", headers=bearer).status_code == 403
+    # The viewer's own page loads with the cookie the link set.
+    viewer = get(location, cookies=opened.cookies)
+    assert viewer.status_code == 200 and "<html" in viewer.text.lower()
+    web.host.check_output(f"pacs-web shares revoke {made['ref']}")
+    assert get(f"/dicom-web/studies/{uid}/series", headers=bearer).status_code == 401
+    assert get(f"/s/{made['id']}").status_code == 410
 
 
 # ----------------------------------------------------------------------------- check mode
