@@ -710,3 +710,29 @@ def test_the_settings_refuse_a_wrong_share_or_audit_value(tmp_path):
         config.write_text(json.dumps(bad))
         with pytest.raises(pw.ConfigError, match=message):
             pw.Config.load(str(config))
+
+
+def test_the_gateways_own_audit_lines_are_found_by_their_study(tmp_path: Path) -> None:
+    """The viewer's reads that the single sign-on allowed are in the gateway's log, whose
+    lines (nginx's JSON) name their study in the URI only."""
+    log = tmp_path / "audit.log"
+    log.write_text(
+        json.dumps(
+            {
+                "time": "2026-12-03T10:00:00+00:00",
+                "event": "dicomweb",
+                "user": "mol-reader",
+                "auth": "oidc",
+                "client": CLIENT,
+                "method": "GET",
+                "uri": f"/dicom-web/studies/{UID_A}/series/1.2.3/instances/4.5/frames/1",
+                "status": 200,
+            }
+        )
+        + "\n"
+    )
+    records = list(pw.read_audit([log]))
+    assert records[0]["studies"] == [UID_A]
+    found = pw.search_audit(records, patient="P1", patient_studies=[UID_A])
+    assert [r["user"] for r in found] == ["mol-reader"]
+    assert pw.search_audit(records, study=UID_B) == []

@@ -2845,16 +2845,31 @@ def audit_files(path: str) -> list[Path]:
     return sorted(found, key=lambda p: p.stat().st_mtime)
 
 
+#: The gateway's own audit log: the DICOMweb requests that the single sign-on
+#: allowed (the viewer's, with its OpenID Connect token), which pacs-web never sees.
+GATEWAY_AUDIT_LOG = "/var/log/pacs-libre/gateway/audit.log"
+_URI_STUDY = re.compile(r"/dicom-web/studies/([0-9.]+)")
+
+
 def read_audit(paths: Iterable[Path]) -> Iterator[dict[str, Any]]:
-    """Every audit record of ``paths`` (gzip or plain; JSON or RFC 5424 lines)."""
+    """Every audit record of ``paths`` (gzip or plain; JSON or RFC 5424 lines).
+
+    A line of the gateway's log names its study in its URI only: the study is
+    read from there.
+    """
     for path in paths:
         opener = gzip.open if path.name.endswith(".gz") else open
         try:
             with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
                 for line in handle:
                     record = parse_audit_line(line)
-                    if record is not None:
-                        yield record
+                    if record is None:
+                        continue
+                    if not record.get("studies") and (
+                        found := _URI_STUDY.search(str(record.get("uri", "")))
+                    ):
+                        record["studies"] = [found.group(1)]
+                    yield record
         except (OSError, EOFError) as exc:
             print(f"pacs-web: {path}: {exc}", file=sys.stderr)
 
@@ -2929,7 +2944,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             )
             print(f"pacs-web: {warning}", file=sys.stderr)
     found_records = search_audit(
-        read_audit(audit_files(config.audit_log)),
+        read_audit(audit_files(config.audit_log) + audit_files(GATEWAY_AUDIT_LOG)),
         patient=args.patient,
         study=args.study,
         patient_studies=patient_studies,
