@@ -8,12 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyotp
 import pytest
 import yaml
 
 from pacs_libre import lab
 from pacs_libre.cli import main
 from pacs_libre.errors import UserError
+from pacs_libre.lab_cli import lab_totp
 
 ROOT = Path(__file__).resolve().parents[1]
 PACSCTL = str(Path(sys.executable).parent / "pacsctl")
@@ -237,3 +239,21 @@ def test_status_shows_both_sites_and_their_dicom_endpoints(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "networks pacs-lab, lab-peripheral" in table
     assert "AE title RELAY at 127.0.0.1:4252" in table
+
+
+def test_lab_totp_prints_the_code_of_the_seeded_secret(tmp_path):
+    """`pacsctl lab totp` computes what a TOTP application shows for the lab's secret."""
+    (tmp_path / ".credentials" / "totp").mkdir(parents=True)
+    secret = pyotp.random_base32()
+    (tmp_path / ".credentials" / "totp" / "lab-admin").write_text(secret + "\n")
+    code, left = lab_totp(tmp_path, "lab-admin", now=1_000_000_000)
+    assert code == pyotp.TOTP(secret).at(1_000_000_000)
+    assert 1 <= left <= 30
+
+
+def test_lab_totp_names_the_known_users_when_one_is_unknown(tmp_path):
+    (tmp_path / ".credentials" / "totp").mkdir(parents=True)
+    (tmp_path / ".credentials" / "totp" / "lab-admin").write_text("JBSWY3DPEHPK3PXP\n")
+    with pytest.raises(UserError, match="lab-admin") as error:
+        lab_totp(tmp_path, "lab-nobody")
+    assert "sso_lab_totp_secrets" in str(error.value)

@@ -5,10 +5,13 @@ Each scenario's tests/conftest.py puts this folder on sys.path.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -18,7 +21,9 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+import pyotp
 import requests
 import testinfra
 
@@ -297,3 +302,112 @@ def sign_in(url: str, ca: str, name: str, password: str) -> str:
     )
     assert answer.status_code == 303, f"signing in as {name}: {answer.status_code} {answer.text}"
     return str(answer.cookies["pacs_session"])
+
+
+@contextlib.contextmanager
+def resolving(names: dict[str, str]) -> Iterator[None]:
+    """Names that no DNS of this machine knows (a scenario's SSO names), mapped to addresses,
+    for this test process only: TLS, Host headers and cookies still see the names."""
+    real = socket.getaddrinfo
+
+    def lookup(host: Any, *args: Any, **kwargs: Any) -> Any:
+        return real(names.get(host, host), *args, **kwargs)
+
+    socket.getaddrinfo = lookup  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        socket.getaddrinfo = real  # type: ignore[assignment]
+
+
+def _hidden_fields(page: str, form_marker: str) -> dict[str, str]:
+    """The hidden inputs of the first form whose tag contains ``form_marker``."""
+    start = page.find(form_marker)
+    assert start >= 0, f"no form {form_marker!r} in: {page[:500]}"
+    form = page[start : page.find("</form>", start)]
+    return dict(
+        re.findall(r'<input[^>]*type="hidden"[^>]*name="([^"]+)"[^>]*value="([^"]*)"', form)
+    )
+
+
+class SsoClient:
+    """A client of the single sign-on (LemonLDAP::NG's portal), as a browser uses it.
+
+    It follows no redirect by itself, so that a test sees each step: the page asked
+    for, the portal's form, the TOTP form, and the way back with the SSO cookie.
+    """
+
+    def __init__(self, ca: str) -> None:
+        self.http = requests.Session()
+        self.http.verify = ca
+        # Else REQUESTS_CA_BUNDLE, when set, would replace the deployment's CA.
+        self.http.trust_env = False
+
+    @property
+    def signed_in(self) -> bool:
+        return any(c.name == "lemonldap" for c in self.http.cookies)
+
+    def sign_in(
+        self, page_url: str, user: str, password: str, totp_secret: str | None
+    ) -> requests.Response:
+        """Ask for ``page_url``, sign in on the portal it sends to, and answer its TOTP form.
+
+        Returns the portal's last answer (a redirect back to the page when all went well;
+        the TOTP form itself when it asks for a code and no secret is given).
+        """
+        first = self.http.get(page_url, allow_redirects=False, timeout=60)
+        assert first.status_code == 302, f"{page_url}: {first.status_code} {first.text[:300]}"
+        portal_url = first.headers["Location"]
+        form = self.http.get(portal_url, timeout=60)
+        assert form.status_code == 200, form.text[:500]
+        base = portal_url.split("?", 1)[0]
+        fields = _hidden_fields(form.text, 'id="lform"')
+        fields.update(user=user, password=password)
+        answer = self.http.post(base, data=fields, allow_redirects=False, timeout=60)
+        if "totp2fcheck" in answer.text and totp_secret:
+            step = _hidden_fields(answer.text, 'action="/totp2fcheck"')
+            step["code"] = pyotp.TOTP(totp_secret).now()
+            answer = self.http.post(
+                f"{base}totp2fcheck", data=step, allow_redirects=False, timeout=60
+            )
+        return answer
+
+    def oidc_access_token(self, portal: str, client_id: str, redirect_uri: str) -> str:
+        """An access token for ``client_id`` by the code flow with PKCE (as OHIF gets one)."""
+        verifier = secrets.token_urlsafe(48)
+        challenge = (
+            base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+            .rstrip(b"=")
+            .decode()
+        )
+        query = {
+            "response_type": "code",
+            "client_id": client_id,
+            "redirect_uri": redirect_uri,
+            "scope": "openid profile email",
+            "state": secrets.token_urlsafe(8),
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+        }
+        answer = self.http.get(
+            f"{portal}oauth2/authorize", params=query, allow_redirects=False, timeout=60
+        )
+        assert answer.status_code == 302, f"authorize: {answer.status_code} {answer.text[:300]}"
+        location = answer.headers["Location"]
+        assert location.startswith(redirect_uri), location
+        code = parse_qs(urlsplit(location).query)["code"][0]
+        # The token endpoint is called by the viewer's page, without the SSO cookie.
+        token = requests.post(
+            f"{portal}oauth2/token",
+            data={
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": redirect_uri,
+                "client_id": client_id,
+                "code_verifier": verifier,
+            },
+            verify=self.http.verify,
+            timeout=60,
+        )
+        assert token.status_code == 200, f"token: {token.status_code} {token.text[:300]}"
+        return str(token.json()["access_token"])

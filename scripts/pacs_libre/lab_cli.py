@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyotp
 import typer
 from rich.console import Console
 from rich.status import Status
@@ -179,6 +180,37 @@ def shell_cmd(
     env = lab.podman_env()
     # Replace pacsctl by the interactive shell; the arguments are a fixed list.
     os.execvpe("podman", ["podman", "exec", "-it", match[0].container, "bash", "-l"], env)  # noqa: S606
+
+
+@app.command("totp")
+def totp_cmd(
+    user: str = typer.Argument(..., help="A lab user (group_vars/pacs_web: sso_lab_totp_secrets)."),
+    inventory: Path = typer.Option(DEFAULT_INVENTORY, "--inventory", "-i", help="Lab inventory."),
+) -> None:
+    """Print a lab user's current TOTP code, as a TOTP application would show it."""
+    code, left = lab_totp(_inventory(inventory), user)
+    out.print(code)
+    console.print(f"{user}: valid for {left} more seconds")
+
+
+def lab_totp(inventory: Path, user: str, now: float | None = None) -> tuple[str, int]:
+    """The current TOTP code of a lab user, from the secret beside the lab's inventory."""
+    secret_file = inventory / ".credentials" / "totp" / user
+    if not secret_file.is_file():
+        known = (
+            sorted(p.name for p in secret_file.parent.glob("*"))
+            if secret_file.parent.is_dir()
+            else []
+        )
+        raise UserError(
+            f"{secret_file}: no TOTP secret for {user!r}"
+            + (f" (the lab's users: {', '.join(known)})" if known else "")
+            + ". Fix: name a user of sso_lab_totp_secrets (group_vars/pacs_web);"
+            " the secrets are made by the first `make lab`."
+        )
+    totp = pyotp.TOTP(secret_file.read_text(encoding="utf-8").strip())
+    at = time.time() if now is None else now
+    return totp.at(at), int(totp.interval - at % totp.interval)
 
 
 @app.command("status")

@@ -1,9 +1,10 @@
 """Open a study in OHIF through the web gateway, in Debian's Chromium, and time it.
 
 One module for the browser test of the whole-stack scenarios and for
-``pacsctl bench view``: both sign in on the gateway's login page as a person
-does, open a URL (``/iid?...`` or ``/viewer?...``), and wait until OHIF has
-really drawn the study.
+``pacsctl bench view``: both sign in as a person does (on pacs-web's login
+page, or on the single sign-on's portal with a TOTP code), open a URL
+(``/iid?...``, ``/viewer?...``, or a correspondent's share link without signing
+in), and wait until OHIF has really drawn the study.
 
 What "drawn" means here, measured inside the page so that the clock is the
 page's own (``performance.now()``, from the start of the navigation):
@@ -23,11 +24,14 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+import pyotp
+from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import sync_playwright
 
 from pacs_libre.errors import UserError
@@ -149,49 +153,95 @@ def chromium() -> str:
     return path
 
 
-def sign_in(page: Any, base_url: str, user: str, password: str, next_path: str = "/") -> None:
-    """Sign in on the gateway's login page, as a person does, then land on ``next_path``."""
+def sign_in(
+    page: Any,
+    base_url: str,
+    user: str,
+    password: str,
+    next_path: str = "/",
+    *,
+    totp_secret: str | None = None,
+) -> None:
+    """Sign in as a person does, then land on ``next_path``.
+
+    ``/login`` is pacs-web's form, or with the single sign-on a redirect to
+    LemonLDAP::NG's portal, whose form asks the password, then (from outside
+    the hospital) the TOTP code, computed here from ``totp_secret``.
+    """
     page.goto(f"{base_url}/login?next={quote(next_path, safe='')}")
-    page.fill("input[name=username]", user)
+    if page.locator("input[name=username]").count():
+        page.fill("input[name=username]", user)
+        page.fill("input[name=password]", password)
+        with page.expect_navigation():
+            page.click("button[type=submit], input[type=submit]")
+        if urlsplit(page.url).path == "/login":
+            raise AssertionError(f"sign-in as {user} refused: {page.inner_text('body')[:300]}")
+        return
+    portal = urlsplit(page.url).netloc
+    page.fill("input[name=user]", user)
     page.fill("input[name=password]", password)
     with page.expect_navigation():
-        page.click("button[type=submit], input[type=submit]")
-    if urlsplit(page.url).path == "/login":
+        page.click("#lform button[type=submit]")
+    if page.locator("input[name=code]").count():
+        if not totp_secret:
+            raise AssertionError(f"the portal asks {user} for a TOTP code, and none was given")
+        page.fill("input[name=code]", pyotp.TOTP(totp_secret).now())
+        with page.expect_navigation():
+            page.click("form[action*=totp2fcheck] button[type=submit]")
+    if urlsplit(page.url).netloc == portal and page.locator("input[name=password]").count():
         raise AssertionError(f"sign-in as {user} refused: {page.inner_text('body')[:300]}")
+
+
+def _state(page: Any) -> dict[str, Any]:
+    """The probe's state; between two documents (OHIF's OpenID Connect sign-in redirects
+    through the portal and back), the state of none yet."""
+    try:
+        return dict(page.evaluate(_STATE))
+    except PlaywrightError:
+        return {"firstImage": None, "frames": 0, "lastFrame": None, "errors": [], "path": page.url}
 
 
 def open_study(
     base_url: str,
     path: str,
     *,
-    user: str,
-    password: str,
+    user: str | None,
+    password: str | None,
     expected_frames: int,
     screenshot: Path | None = None,
     timeout_s: float = 180.0,
     wait_all: bool = True,
+    totp_secret: str | None = None,
+    resolve: Mapping[str, str] | None = None,
 ) -> View:
     """Sign in, open ``path`` (an /iid or /viewer URL) and wait for the study to be drawn.
 
-    The browser profile is fresh each time (cold caches), and TLS errors are
-    ignored only in the browser: the tests check the gateway's certificate
-    against the deployment CA separately.
+    Without ``user``, nobody signs in: ``path`` is a correspondent's share link.
+    ``resolve`` maps host names to addresses for the browser (the SSO's names
+    are in no DNS of the test machine). The browser profile is fresh each time
+    (cold caches), and TLS errors are ignored only in the browser: the tests
+    check the gateway's certificate against the deployment CA separately.
     """
+    args = list(CHROMIUM_ARGS)
+    if resolve:
+        rules = ", ".join(f"MAP {name} {address}" for name, address in resolve.items())
+        args.append(f"--host-resolver-rules={rules}")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=chromium(), args=args)
         try:
             context = browser.new_context(
                 ignore_https_errors=True, viewport={"width": 1280, "height": 900}
             )
             page = context.new_page()
             web = _DicomWebLog(page)
-            sign_in(page, base_url, user, password)
+            if user is not None and password is not None:
+                sign_in(page, base_url, user, password, totp_secret=totp_secret)
             page.add_init_script(_PROBE)
             page.goto(f"{base_url}{path}", wait_until="commit")
             deadline = time.monotonic() + timeout_s
-            state = page.evaluate(_STATE)
+            state = _state(page)
             while time.monotonic() < deadline:
-                state = page.evaluate(_STATE)
+                state = _state(page)
                 done_first = state["firstImage"] is not None
                 done_all = state["frames"] >= expected_frames
                 if done_first and (done_all or not wait_all):
